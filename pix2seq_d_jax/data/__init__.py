@@ -1,0 +1,1 @@
+"""pix2seq_d_jax.data."""
