@@ -1,0 +1,101 @@
+"""Defaults shared by every config: the paper's Pix2Seq-D (SPEC Part 1, Decision 1).
+
+A config file's `get_config(arg)` starts from `base_config()` and changes what its setting needs.
+Every key here is read by the code (a test checks that for every config and variant).
+"""
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses a config argument like 'runlocal' or 'stage=high,runlocal' into a ConfigDict.
+
+  Flags without a value become True; values are converted to the type of their default.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, eq, value = item.partition('=')
+    if key not in out:
+      raise ValueError(f'Unknown config argument {key!r} in {arg!r}; valid: {sorted(out.keys())}.')
+    if not eq:
+      out[key] = True
+    elif isinstance(defaults[key], bool):
+      out[key] = value.lower() in ('1', 'true', 'yes')
+    else:
+      out[key] = type(defaults[key])(value)
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper model and recipe (COCO, ResNet-50, 94.5 M parameters)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'coco_panoptic_tfds'
+  c.dataset.num_classes = 134            # classes + 1 (0 = void); 8 bits allow <= 256
+  c.dataset.max_instances = 101          # K: ids 1..K-1, 0 = void; <= 256
+  c.dataset.object_order = 'random'      # 'random' (ids spread over 1..K-1), 'shuffle', 'none'
+  c.dataset.overflow = 'smallest_to_void'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.image_size = (1024, 1024)
+  c.model.mask_size = (512, 512)
+  c.model.dtype = 'float32'              # compute dtype; parameters stay float32
+  c.model.conditioning = 'cat+attn'
+  c.model.num_cond_frames = 0
+  c.model.backbone = ml_collections.ConfigDict({'depths': (3, 4, 6), 'width': 64})
+  c.model.encoder = ml_collections.ConfigDict({
+      'num_layers': 12, 'dim': 512, 'num_heads': 16, 'mlp_dim': 2048, 'dropout': 0.1,
+      'drop_path': 0.1})
+  c.model.fpn_dim = 256
+  c.model.decoder = ml_collections.ConfigDict({
+      'dim': 128, 'ch_multipliers': (1, 1, 2, 2), 'num_res_blocks': (1, 1, 1, 1),
+      'dropout': 0.0, 'transformer_dim': 512, 'transformer_layers': 6,
+      'transformer_head_dim': 64, 'transformer_mlp_dim': 2048, 'time_scaling': 1000.0,
+      'head_bias': 'zero', 'head_prior_bias': -8.0})
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.b = 0.1
+  c.diffusion.train_schedule = 'cosine'
+  c.diffusion.infer_schedule = 'cosine'
+  c.diffusion.time_distribution = 'uniform'
+  c.diffusion.loss = 'softmax_xent'      # 'softmax_xent' (paper), 'l2', 'sigmoid_xent'
+  c.diffusion.mask_weight_p = 0.2
+  c.diffusion.self_condition = False
+  c.diffusion.self_condition_rate = 0.5
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 16
+  c.train.num_steps = -1                 # -1: from num_epochs
+  c.train.num_epochs = 15.0
+  c.train.learning_rate = 1e-5
+  c.train.warmup_steps = -1              # -1: from warmup_epochs
+  c.train.warmup_epochs = 0.0
+  c.train.end_lr_factor = 0.1
+  c.train.weight_decay = 0.05
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.eps = 1e-8
+  c.train.grad_clip = 1.0
+  c.train.ema_decay = 0.999
+  c.train.log_every_steps = 100
+  c.train.checkpoint_every_steps = 2000
+  c.train.keep_checkpoints = 3
+  c.train.keep_every_steps = 0           # 0: keep only the last `keep_checkpoints`
+  c.train.init_from = ''                 # a workdir or checkpoint to initialise from (partially)
+  c.train.init_from_prefixes = ('backbone', 'encoder', 'fpn', 'decoder')
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 8
+  c.eval.every_steps = 10000
+  c.eval.steps = 20
+  c.eval.td = 1.0
+  c.eval.min_pixels = 40
+  c.eval.decode = 'bits'                 # 'bits' (the reference) or 'argmax' (Decision 5)
+  c.eval.use_ema = True
+  c.eval.max_examples = -1               # -1: the whole split
+  c.eval.num_visualizations = 8
+
+  c.mesh = (('data', -1), ('fsdp', 1))   # -1: the remaining devices
+  return c

@@ -1,0 +1,69 @@
+"""Training losses (SPEC §3.4, §3.5)."""
+
+import jax
+import jax.numpy as jnp
+
+from pix2seq_d_jax import bits as bits_lib
+
+
+def instance_size_weights(ids: jax.Array, num_ids: int, p: float) -> jax.Array:
+  """Per-pixel weights (1 / (c_k + 1))^p normalised to mean 1 per image (SPEC §3.5).
+
+  Args:
+    ids: int [B, h, w] instance ids; ids >= num_ids get weight 0 (when p > 0).
+    num_ids: K.
+    p: exponent; p = 0 gives uniform weights.
+
+  Returns:
+    float32 [B, h, w] with mean 1 over each image.
+  """
+  if p == 0:
+    return jnp.ones(ids.shape, jnp.float32)
+  flat = ids.reshape(ids.shape[0], -1)
+  valid = flat < num_ids
+  one_hot = jax.nn.one_hot(jnp.where(valid, flat, 0), num_ids, dtype=jnp.float32)
+  counts = jnp.einsum('bnk,bn->bk', one_hot, valid.astype(jnp.float32))      # [B, K]
+  per_id = (1.0 / (counts + 1.0)) ** p
+  u = jnp.take_along_axis(per_id, jnp.where(valid, flat, 0), axis=1) * valid
+  w = u * flat.shape[1] / jnp.sum(u, axis=1, keepdims=True)
+  return w.reshape(ids.shape)
+
+
+def softmax_xent_loss(logits: jax.Array, masks: jax.Array, weights: jax.Array):
+  """Grouped softmax cross-entropy, the paper's loss (`x_softmax_xent`).
+
+  Args:
+    logits: float [B, h, w, G, 2^n] (G = channels of `masks`, n = 8).
+    masks: int [B, h, w, G] target integers (class, id).
+    weights: float [B, h, w] per-pixel weights.
+
+  Returns:
+    (scalar loss = mean over (b, x, g) of w * CE, per-group mean weighted CE float32 [G]).
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  ce = -jnp.take_along_axis(logp, masks[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  weighted = ce * weights[..., None]
+  per_group = jnp.mean(weighted, axis=(0, 1, 2))
+  return jnp.mean(per_group), per_group
+
+
+def l2_loss(x0_pred: jax.Array, x0: jax.Array, weights: jax.Array) -> jax.Array:
+  """The `x` ablation: mean of w (x0 - f)^2; x0_pred float [B, h, w, C]."""
+  return jnp.mean(weights[..., None] * (x0.astype(jnp.float32) - x0_pred) ** 2)
+
+
+def sigmoid_xent_loss(bit_logits: jax.Array, x0: jax.Array, b: float,
+                      weights: jax.Array) -> jax.Array:
+  """The `x_sigmoid_xent` ablation: mean of -log(sigmoid(f x0 / b) + 1e-8) w."""
+  ll = jnp.log(jax.nn.sigmoid(bit_logits * x0 / b) + 1e-8)
+  return -jnp.mean(ll * weights[..., None])
+
+
+def sigmoid_bits_to_analog(bit_logits: jax.Array, b: float) -> jax.Array:
+  """Inference map of the sigmoid head: f -> (2 sigmoid(f) - 1) b."""
+  return (2.0 * jax.nn.sigmoid(bit_logits) - 1.0) * b
+
+
+def targets_from_masks(masks: jax.Array, b: float) -> jax.Array:
+  """Analog-bit targets float32 [B, h, w, 8 G] of int masks [B, h, w, G]."""
+  return bits_lib.map_to_analog_bits(masks, b)
