@@ -36,7 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.num_classes = 134            # classes + 1 (0 = void); 8 bits allow <= 256
   c.dataset.max_instances = 101          # K: ids 1..K-1, 0 = void; <= 256
   c.dataset.object_order = 'random'      # 'random' (ids spread over 1..K-1), 'shuffle', 'none'
-  c.dataset.overflow = 'smallest_to_void'
+  c.dataset.min_scale = 1.0              # scale jitter range (SPEC §3.9)
+  c.dataset.max_scale = 1.0
+  c.dataset.color_jitter = 0.0           # colour jitter strength
+  c.dataset.flip_prob = 0.5
+  c.dataset.max_original_size = (640, 640)  # evaluation ground truth is padded to this size
 
   c.model = ml_collections.ConfigDict()
   c.model.image_size = (1024, 1024)

@@ -59,11 +59,42 @@ def sigmoid_xent_loss(bit_logits: jax.Array, x0: jax.Array, b: float,
   return -jnp.mean(ll * weights[..., None])
 
 
-def sigmoid_bits_to_analog(bit_logits: jax.Array, b: float) -> jax.Array:
-  """Inference map of the sigmoid head: f -> (2 sigmoid(f) - 1) b."""
-  return (2.0 * jax.nn.sigmoid(bit_logits) - 1.0) * b
+LOSSES = ('softmax_xent', 'l2', 'sigmoid_xent')
 
 
-def targets_from_masks(masks: jax.Array, b: float) -> jax.Array:
-  """Analog-bit targets float32 [B, h, w, 8 G] of int masks [B, h, w, G]."""
-  return bits_lib.map_to_analog_bits(masks, b)
+def x0_from_output(out: jax.Array, loss: str, b: float) -> jax.Array:
+  """The decoder's x0 estimate, float32 [B, h, w, 16] in [-b, b], for any of the LOSSES heads.
+
+  softmax_xent: expected analog bits of the grouped softmaxes (out: logits [B, h, w, G, 2^n]);
+  l2: the output itself, clipped; sigmoid_xent: (2 sigmoid(f) - 1) b.
+  """
+  if loss == 'softmax_xent':
+    return bits_lib.expected_analog_bits(out, b)
+  if loss == 'l2':
+    return jnp.clip(out, -b, b)
+  if loss == 'sigmoid_xent':
+    return (2.0 * jax.nn.sigmoid(out) - 1.0) * b
+  raise ValueError(f'Unknown loss {loss!r}; valid: {LOSSES}.')
+
+
+def diffusion_loss(out: jax.Array, masks: jax.Array, x0: jax.Array, weights: jax.Array,
+                   loss: str, b: float):
+  """The training loss of the chosen head.
+
+  Args:
+    out: decoder output (logits [B, h, w, G, 2^n] for softmax_xent, else [B, h, w, 16]).
+    masks: int [B, h, w, 2] targets; x0: their analog bits float [B, h, w, 16].
+    weights: float [B, h, w].
+    loss: one of LOSSES; b: the analog bit scale.
+
+  Returns:
+    (scalar loss, dict of per-part losses for logging).
+  """
+  if loss == 'softmax_xent':
+    total, per_group = softmax_xent_loss(out, masks, weights)
+    return total, {'loss_class': per_group[0], 'loss_id': per_group[1]}
+  if loss == 'l2':
+    return l2_loss(out, x0, weights), {}
+  if loss == 'sigmoid_xent':
+    return sigmoid_xent_loss(out, x0, b, weights), {}
+  raise ValueError(f'Unknown loss {loss!r}; valid: {LOSSES}.')

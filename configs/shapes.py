@@ -1,0 +1,78 @@
+"""The embedded default: Pix2Seq-D on the synthetic panoptic shapes data set (no download).
+
+  python -m pix2seq_d_jax.main --config=configs/shapes.py --workdir=runs/shapes
+  python -m pix2seq_d_jax.main --config=configs/shapes.py:long --workdir=runs/shapes_long
+  python -m pix2seq_d_jax.main --config=configs/shapes.py:runlocal --workdir=/tmp/smoke
+
+The same model as the paper (ResNet C4 + transformer encoder + feature merge + TransUNet decoder,
+bit diffusion with two 256-way softmax heads), scaled down to run on a laptop CPU.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, runlocal=False, long=False)
+  c = common.base_config()
+  c.dataset.name = 'synthetic_shapes'
+  c.dataset.num_classes = 9              # 8 categories + void
+  c.dataset.max_instances = 16
+  c.dataset.object_order = 'random'
+  c.dataset.data_seed = 0
+  c.dataset.synthetic_size = 64
+  c.dataset.num_train = 4096
+  c.dataset.num_eval = 256
+  c.dataset.max_original_size = (64, 64)
+
+  c.model.image_size = (64, 64)
+  c.model.mask_size = (32, 32)
+  c.model.backbone.depths = (1, 1, 1)
+  c.model.backbone.width = 16
+  c.model.encoder.num_layers = 1
+  c.model.encoder.dim = 64
+  c.model.encoder.num_heads = 4
+  c.model.encoder.mlp_dim = 128
+  c.model.encoder.dropout = 0.0
+  c.model.encoder.drop_path = 0.0
+  c.model.fpn_dim = 64
+  c.model.decoder.dim = 32
+  c.model.decoder.ch_multipliers = (1, 2)
+  c.model.decoder.num_res_blocks = (1, 1)
+  c.model.decoder.transformer_dim = 64
+  c.model.decoder.transformer_layers = 1
+  c.model.decoder.transformer_head_dim = 32
+  c.model.decoder.transformer_mlp_dim = 128
+
+  c.train.batch_size = 16
+  c.train.num_steps = 1000
+  c.train.learning_rate = 2e-3
+  c.train.warmup_steps = 100
+  c.train.end_lr_factor = 0.1
+  c.train.weight_decay = 0.05
+  c.train.ema_decay = 0.99
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 500
+
+  c.eval.batch_size = 64
+  c.eval.every_steps = 500
+  c.eval.steps = 20
+  c.eval.td = 1.0
+  c.eval.min_pixels = 8
+  c.eval.decode = 'bits'
+  c.eval.num_visualizations = 8
+
+  if args.long:
+    c.train.num_steps = 6000
+    c.eval.every_steps = 1000
+  if args.runlocal:
+    c.dataset.num_train = 64
+    c.dataset.num_eval = 8
+    c.train.batch_size = 4
+    c.train.num_steps = 6
+    c.train.log_every_steps = 2
+    c.train.checkpoint_every_steps = 3
+    c.eval.every_steps = 3
+    c.eval.batch_size = 4
+    c.eval.steps = 2
+    c.eval.num_visualizations = 2
+  return c

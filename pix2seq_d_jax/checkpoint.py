@@ -1,0 +1,160 @@
+"""Checkpoints with orbax: asynchronous saves of the whole train state plus a JSON of metadata
+(step, data-iterator state), restore onto any mesh, partial initialisation, and the resume order.
+
+Resume order (`restore_or_init`): (1) the newest checkpoint in `workdir/checkpoints`; else (2)
+`config.train.init_from` (a workdir or a checkpoint step directory), copying the parameter
+subtrees named in `config.train.init_from_prefixes` (e.g. only 'backbone'), and zero-extending the
+decoder's first conv when the new model reads more input channels (an image checkpoint loaded into
+the video model, Decision 7); else (3) a fresh initialisation.
+"""
+
+import json
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = 'config.json'
+
+
+def checkpoint_dir(workdir) -> pathlib.Path:
+  return pathlib.Path(workdir) / 'checkpoints'
+
+
+def make_manager(workdir, config: ml_collections.ConfigDict,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  t = config.train
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=t.keep_checkpoints, keep_period=t.keep_every_steps or None,
+      enable_async_checkpointing=True, create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir).absolute(), options=options)
+
+
+def save(manager: ocp.CheckpointManager, state, meta: dict, force: bool = False) -> bool:
+  """Starts an asynchronous save of `state` and `meta` (JSON) at `state.step`."""
+  step = int(jax.device_get(state.step))
+  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, shardings, step: int | None = None):
+  """Restores (state, meta) onto the given shardings (any mesh or device count)."""
+  step = manager.latest_step() if step is None else step
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract_state, shardings)
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                      meta=ocp.args.JsonRestore()))
+  return out['state'], out['meta']
+
+
+def save_config(workdir, config: ml_collections.ConfigDict) -> None:
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(config.to_json_best_effort(indent=2))
+  tmp.replace(path)
+
+
+def _tuples(x):
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (lists come back as tuples, as configs write them)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f'{path} is missing: {workdir} is not a pix2seq_d_jax workdir (train '
+                            'with python -m pix2seq_d_jax.main --workdir=... first).')
+  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
+def _resolve(init_from: str) -> tuple[pathlib.Path, int | None]:
+  """A workdir, its checkpoints dir, or one step dir -> (workdir, step or None for newest)."""
+  path = pathlib.Path(init_from)
+  if (path / CONFIG_FILE).exists():
+    return path, None
+  if (path.parent / CONFIG_FILE).exists():          # workdir/checkpoints
+    return path.parent, None
+  if path.name.isdigit() and (path.parent.parent / CONFIG_FILE).exists():
+    return path.parent.parent, int(path.name)
+  raise FileNotFoundError(f'config.train.init_from={init_from!r}: expected a pix2seq_d_jax '
+                          f'workdir (holding {CONFIG_FILE} and checkpoints/), or one of its '
+                          'checkpoints/<step> directories.')
+
+
+def _merge_params(target, source, prefixes, path=()):
+  """Copies source leaves into target where the top-level name is in prefixes and shapes fit;
+  a kernel with more input channels in the target is zero-extended (Decision 7)."""
+  if isinstance(target, dict):
+    out = {}
+    for k, v in target.items():
+      sub = path + (k,)
+      if not path and k not in prefixes:
+        out[k] = v
+      elif k in source:
+        out[k] = _merge_params(v, source[k], prefixes, sub)
+      else:
+        logging.warning('init_from: %s is not in the source checkpoint; kept fresh.',
+                        '/'.join(sub))
+        out[k] = v
+    return out
+  name = '/'.join(path)
+  if target.shape == source.shape:
+    return jnp.asarray(source, target.dtype)
+  if (target.ndim == 4 and source.ndim == 4 and target.shape[:2] == source.shape[:2]
+      and target.shape[3] == source.shape[3] and target.shape[2] > source.shape[2]):
+    logging.info('init_from: %s %s -> %s, new input channels zero-initialised.', name,
+                 source.shape, target.shape)
+    pad = target.shape[2] - source.shape[2]
+    return jnp.concatenate([jnp.asarray(source, target.dtype),
+                            jnp.zeros(source.shape[:2] + (pad, source.shape[3]), target.dtype)],
+                           axis=2)
+  raise ValueError(f'config.train.init_from: parameter {name} has shape {source.shape} in the '
+                   f'source but {target.shape} in this model; drop its top-level module from '
+                   'config.train.init_from_prefixes or match the model sizes.')
+
+
+def init_from(state, config: ml_collections.ConfigDict, build_abstract_state, shardings):
+  """Initialises params and batch stats (online and EMA) from `config.train.init_from`."""
+  src_workdir, step = _resolve(config.train.init_from)
+  src_config = load_config(src_workdir)
+  abstract = build_abstract_state(src_config)
+  replicated = jax.tree.map(lambda _: jax.sharding.NamedSharding(
+      jax.tree.leaves(shardings)[0].mesh, jax.sharding.PartitionSpec()), abstract)
+  manager = make_manager(src_workdir, src_config, read_only=True)
+  src_state, _ = restore(manager, abstract, replicated, step)
+  manager.close()
+  prefixes = tuple(config.train.init_from_prefixes)
+  src_params = jax.device_get(src_state.ema_params)
+  src_stats = jax.device_get(src_state.ema_batch_stats)
+  params = _merge_params(jax.device_get(state.params), src_params, prefixes)
+  stats = _merge_params(jax.device_get(state.batch_stats), src_stats, prefixes)
+  new = state.replace(params=params, batch_stats=stats,
+                      ema_params=jax.tree.map(np.copy, params),
+                      ema_batch_stats=jax.tree.map(np.copy, stats))
+  logging.info('Initialised %s from %s.', ', '.join(prefixes), config.train.init_from)
+  return jax.device_put(new, shardings)
+
+
+def load_for_inference(workdir, step: int | None = None):
+  """(config, state, meta) of a workdir's newest (or given) checkpoint on the local devices."""
+  from pix2seq_d_jax import train  # pylint: disable=g-import-not-at-top
+  from pix2seq_d_jax import sharding  # pylint: disable=g-import-not-at-top
+  config = load_config(workdir)
+  mesh = sharding.make_mesh((('data', -1), ('fsdp', 1)))
+  abstract = train.abstract_state(config)
+  manager = make_manager(workdir, config, read_only=True)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f'{checkpoint_dir(workdir)} holds no checkpoint yet.')
+  state, meta = restore(manager, abstract, jax.tree.map(lambda _: sharding.replicated(mesh),
+                                                        abstract), step)
+  manager.close()
+  return config, state, meta

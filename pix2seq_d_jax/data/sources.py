@@ -1,0 +1,104 @@
+"""The source interface, and the embedded synthetic sources (images and videos).
+
+A source yields decoded examples, one dict per image (or video clip):
+  'image': uint8 [H, W, 3] ([T, H, W, 3] for video),
+  'label': int32 [H, W, 3] ([T, H, W, 3]): class index + 1 (0 = void), segment id (0 = void;
+           provisional, the pipeline re-orders ids), crowd flag (1 on crowd regions, which keep
+           their class and id so that evaluation can honour them; training sees them as void),
+  'id':    int64 stable example id (COCO image id, a hash of the file name, ...).
+Categories are COCO-style dicts; class c in a label map is `categories[c - 1]`.
+
+Random-access sources implement `example_fn(split)`; the pipeline then orders examples
+itself (exact resume, results independent of the process count). Sources that can only be read
+in order (TFDS TFRecords) implement `stream(...)` instead.
+"""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from pix2seq_d_jax.data import synthetic
+
+SPLITS = ('train', 'validation')
+
+
+class Source:
+  """Base class. Attributes: categories, is_video, random_access."""
+  categories: list = []
+  is_video: bool = False
+  random_access: bool = True
+
+  def num_examples(self, split: str) -> int:
+    raise NotImplementedError
+
+  def example_fn(self, split: str):
+    """A traceable function: int64 index in [0, num_examples) -> decoded example."""
+    raise NotImplementedError
+
+  def stream(self, split: str, *, shard_index: int, shard_count: int,
+             seed: int | None) -> tf.data.Dataset:
+    """Decoded examples of this process's shard, in an order fixed by `seed` (None: file order)."""
+    raise NotImplementedError
+
+
+def check_split(split: str, source: str) -> str:
+  if split == 'val':
+    split = 'validation'
+  if split not in SPLITS:
+    raise ValueError(f'{source}: unknown split {split!r}; valid: {SPLITS}.')
+  return split
+
+
+class _InMemory(Source):
+  """A source whose examples are generated once into numpy arrays."""
+
+  def __init__(self, dataset_config):
+    self.config = dataset_config
+    self.categories = [dict(c) for c in synthetic.SHAPES_CATEGORIES]
+    if dataset_config.num_classes != len(self.categories) + 1:
+      raise ValueError(f'config.dataset.num_classes={dataset_config.num_classes}, but '
+                       f'{dataset_config.name} has {len(self.categories)} categories: set it to '
+                       f'{len(self.categories) + 1} (categories + void).')
+
+  def num_examples(self, split):
+    split = check_split(split, self.config.name)
+    return self.config.num_train if split == 'train' else self.config.num_eval
+
+  @functools.lru_cache(maxsize=None)
+  def _arrays(self, split):
+    return self._generate(check_split(split, self.config.name))
+
+  def _generate(self, split):
+    raise NotImplementedError
+
+  def example_fn(self, split):
+    tensors = {k: tf.constant(v) for k, v in self._arrays(split).items()}
+    return lambda i: {k: tf.gather(v, i) for k, v in tensors.items()}
+
+
+class SyntheticShapes(_InMemory):
+  """Synthetic panoptic images (`pix2seq_d_jax.data.synthetic`): textured stuff regions, thing
+  instances that touch and overlap, void clutter. Deterministic by `config.dataset.data_seed`."""
+
+  def _generate(self, split):
+    n = self.num_examples(split)
+    d = synthetic.generate_panoptic_split(self.config.data_seed, split, n,
+                                          self.config.synthetic_size)
+    crowd = np.zeros(d['label'].shape[:-1] + (1,), np.int32)
+    return {'image': d['image'], 'label': np.concatenate([d['label'], crowd], -1),
+            'id': d['image_id'].astype(np.int64)}
+
+
+class MovingShapes(_InMemory):
+  """Synthetic videos of moving, occluding shapes (`synthetic.generate_video_split`)."""
+  is_video = True
+
+  def _generate(self, split):
+    n = self.num_examples(split)
+    frames = self.config.num_frames if split == 'train' else self.config.eval_num_frames
+    d = synthetic.generate_video_split(self.config.data_seed, split, n, frames,
+                                       self.config.synthetic_size)
+    crowd = np.zeros(d['label'].shape[:-1] + (1,), np.int32)
+    return {'image': d['frames'], 'label': np.concatenate([d['label'], crowd], -1),
+            'id': d['video_id'].astype(np.int64)}

@@ -1,0 +1,91 @@
+"""Command line: python -m pix2seq_d_jax.main --config=configs/X.py[:arg] --workdir=DIR
+[--mode=MODE] [--config.key=value ...].
+
+Modes: train_and_eval (default), train, eval, predict, describe.
+"""
+
+import json
+import os
+import sys
+
+# TF only feeds data on the host; keep its logs quiet (must be set before TF is imported).
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+from pix2seq_d_jax import config_lib
+
+MODES = ('train_and_eval', 'train', 'eval', 'predict', 'describe')
+
+flags.DEFINE_string('config', None, 'Config file, optionally with :arg, e.g. configs/shapes.py.')
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and predictions.')
+flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to do.')
+flags.DEFINE_integer('step', None, 'eval/predict: checkpoint step (default: the newest).')
+flags.DEFINE_string('input', None, 'predict: a glob of image files (default: the eval split).')
+flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0.')
+flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
+flags.DEFINE_integer('process_id', -1, 'Multi-process: this process\'s index.')
+FLAGS = flags.FLAGS
+
+_OVERRIDES = []
+
+
+class _QuietLibraries:
+  """Drops the INFO chatter of orbax and the TensorBoard writer; their warnings still show."""
+
+  def filter(self, record):
+    noisy = ('orbax' in record.pathname or 'metric_writers' in record.pathname
+             or 'xla_bridge' in record.pathname)
+    return record.levelno >= 30 or not noisy
+
+
+def _hide_accelerators_from_tensorflow():
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
+  except (ImportError, RuntimeError, ValueError):
+    pass
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.config:
+    raise app.UsageError('--config is required, e.g. --config=configs/shapes.py')
+  config = config_lib.load_config(FLAGS.config, _OVERRIDES)
+  if FLAGS.mode == 'describe':
+    from pix2seq_d_jax import describe  # pylint: disable=g-import-not-at-top
+    print(json.dumps(describe.describe(config), indent=2))
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required for --mode=' + FLAGS.mode)
+  _hide_accelerators_from_tensorflow()
+  from pix2seq_d_jax import sharding  # pylint: disable=g-import-not-at-top
+  sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  from pix2seq_d_jax import train  # pylint: disable=g-import-not-at-top
+  if FLAGS.mode in ('train_and_eval', 'train'):
+    metrics = train.train_and_evaluate(config, FLAGS.workdir,
+                                       evaluate=FLAGS.mode == 'train_and_eval')
+  elif FLAGS.mode == 'eval':
+    metrics = train.evaluate(config, FLAGS.workdir, FLAGS.step)
+  else:
+    from pix2seq_d_jax import predict_files  # pylint: disable=g-import-not-at-top
+    metrics = predict_files.run(config, FLAGS.workdir, FLAGS.input, FLAGS.step)
+  if metrics:
+    summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    logging.info('Result: %s', json.dumps(summary))
+
+
+def run():
+  global _OVERRIDES
+  argv, _OVERRIDES = config_lib.split_config_flags(sys.argv)
+  app.run(main, argv=argv)
+
+
+if __name__ == '__main__':
+  run()

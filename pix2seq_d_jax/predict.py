@@ -1,0 +1,230 @@
+"""Sampling (SPEC §4) and post-processing (SPEC §6), and the `Predictor` API.
+
+`sample` runs the encoder once and a `lax.scan` over N decoder steps; N is static (one compiled
+program per N), `td` is a runtime value. The initial noise of each example comes from a key folded
+with its stable example id (Decision 6), so a prediction does not depend on the batch it is in.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pix2seq_d_jax import bits as bits_lib
+from pix2seq_d_jax import diffusion
+from pix2seq_d_jax import losses
+
+DECODINGS = ('bits', 'argmax')
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """Static sampler settings read once from the config."""
+  b: float
+  schedule: str
+  loss: str
+  num_classes: int
+  max_instances: int
+  self_condition: bool
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'SampleSettings':
+    return cls(b=config.diffusion.b, schedule=config.diffusion.infer_schedule,
+               loss=config.diffusion.loss, num_classes=config.dataset.num_classes,
+               max_instances=config.dataset.max_instances,
+               self_condition=config.diffusion.self_condition)
+
+
+def initial_noise(rng: jax.Array, example_ids: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """x_T float32 [B, *shape]: example i's noise depends only on (rng, example_ids[i])."""
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), shape))(example_ids)
+
+
+def sample(variables: dict, images: jax.Array, example_ids: jax.Array, rng: jax.Array, td, *,
+           model, settings: SampleSettings, steps: int, decode: str = 'bits', cond=None):
+  """Generates masks for a batch of images.
+
+  Args:
+    variables: {'params', 'batch_stats'} (EMA by default).
+    images: float32 [B, H, W, 3] in [0, 1], padded to the model's image size.
+    example_ids: int32 [B] stable ids (e.g. image ids) that seed each example's noise.
+    rng: base key shared by all examples.
+    td: asymmetric time difference (runtime scalar).
+    model: Pix2SeqD; settings: static; steps: N (static).
+    decode: 'bits' (threshold expected bits, the reference) or 'argmax' (argmax of the last
+      step's softmaxes; softmax head only).
+    cond: optional analog bits of previous frames [B, h, w, 16 P] (video).
+
+  Returns:
+    int32 [B, h, w, 2] (class + 1, instance id) at mask resolution, classes < num_classes and
+    ids < max_instances.
+  """
+  s = settings
+  if decode not in DECODINGS:
+    raise ValueError(f'decode={decode!r}; valid: {DECODINGS}.')
+  if decode == 'argmax' and s.loss != 'softmax_xent':
+    raise ValueError("decode='argmax' needs the softmax head (config.diffusion.loss='softmax_xent').")
+  enc_cat, tokens = model.apply(variables, images, train=False, method='encode')
+  num_bits = model.num_bits
+  x_init = initial_noise(rng, example_ids, (*enc_cat.shape[1:3], num_bits))
+  limits = (s.num_classes, s.max_instances)
+
+  def denoise(x_t, gamma, carry):
+    out = model.apply(variables, x_t, gamma, enc_cat, tokens, train=False, self_cond=carry,
+                      cond=cond, method='decode')
+    x0 = losses.x0_from_output(out, s.loss, s.b)
+    aux = bits_lib.argmax_decode(out, limits) if decode == 'argmax' else jnp.zeros((), jnp.int32)
+    return x0, aux, (x0 if s.self_condition else None)
+
+  carry = jnp.zeros_like(x_init) if s.self_condition else None
+  x0, aux = diffusion.ddim_sample(denoise, x_init, steps=steps, td=td,
+                                  schedule=diffusion.get_schedule(s.schedule), x0_clip=s.b,
+                                  carry_init=carry)
+  if decode == 'argmax':
+    return aux
+  return bits_lib.analog_bits_to_map(x0, 2, limits)
+
+
+def _nearest_index(out_len: int, valid_len: jax.Array, src_len: jax.Array) -> jax.Array:
+  """Half-pixel-centre nearest source index for each of `out_len` outputs of a resize
+  src_len -> valid_len (outputs past valid_len are clamped; they are masked later)."""
+  pos = (jnp.arange(out_len, dtype=jnp.float32) + 0.5) * src_len / valid_len
+  return jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, jnp.maximum(src_len - 1, 0))
+
+
+def postprocess(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array, *,
+                image_size: tuple[int, int], out_size: tuple[int, int], num_classes: int,
+                max_instances: int, min_pixels: int):
+  """Mask-resolution predictions -> class and instance maps at the original image size (SPEC §6).
+
+  Nearest resize mask -> image size, crop the unpadded region, nearest resize to the original
+  size; then per id the majority class (ties: the smallest class), ids under `min_pixels` pixels
+  (counted at the original size) become void, and id := 0 wherever the class is void.
+
+  Args:
+    masks: int32 [B, h, w, 2].
+    orig_size: int32 [B, 2] original (height, width) of each image.
+    unpadded_size: int32 [B, 2] size of the resized image inside the model's canvas.
+    image_size: the model's (H, W); out_size: static (Ho, Wo) >= every orig_size.
+
+  Returns:
+    (class_map, id_map) int32 [B, Ho, Wo]; pixels beyond orig_size are 0.
+  """
+  h, w = masks.shape[1:3]
+  big_h, big_w = image_size
+
+  def one(m, orig, unpad):
+    oh, ow = orig[0], orig[1]
+    # Two nearest resizes as the reference: original -> canvas, canvas -> mask grid.
+    yi = _nearest_index(out_size[0], oh, unpad[0])
+    xi = _nearest_index(out_size[1], ow, unpad[1])
+    ym = _nearest_index(big_h, big_h, h)[yi]
+    xm = _nearest_index(big_w, big_w, w)[xi]
+    cls = m[ym][:, xm, 0]
+    ids = m[ym][:, xm, 1]
+    valid = ((jnp.arange(out_size[0]) < oh)[:, None] & (jnp.arange(out_size[1]) < ow)[None, :])
+    hist = jnp.zeros((max_instances * num_classes,), jnp.int32).at[
+        (ids * num_classes + cls).reshape(-1)].add(valid.reshape(-1).astype(jnp.int32))
+    hist = hist.reshape(max_instances, num_classes)
+    voted = jnp.argmax(hist, axis=1).astype(jnp.int32)
+    voted = jnp.where(hist.sum(axis=1) < min_pixels, 0, voted)
+    cls = jnp.where(valid, voted[ids], 0)
+    ids = jnp.where(cls == 0, 0, ids)
+    return cls, ids
+
+  return jax.vmap(one)(masks, orig_size, unpadded_size)
+
+
+def preprocess_images(images: jax.Array, image_size: tuple[int, int]):
+  """uint8 [B, H0, W0, 3] -> (float32 [B, H, W, 3] resized to fit and padded with 0.3,
+  unpadded (h', w'))."""
+  h0, w0 = images.shape[1:3]
+  scale = min(image_size[0] / h0, image_size[1] / w0)
+  nh, nw = max(int(round(h0 * scale)), 1), max(int(round(w0 * scale)), 1)
+  x = images.astype(jnp.float32) / 255.0
+  if (nh, nw) != (h0, w0):
+    x = jax.image.resize(x, (x.shape[0], nh, nw, 3), 'bilinear', antialias=True)
+  x = jnp.pad(x, ((0, 0), (0, image_size[0] - nh), (0, image_size[1] - nw), (0, 0)),
+              constant_values=0.3)
+  return x, (nh, nw)
+
+
+class Predictor:
+  """Panoptic predictions for uint8 images, for use from Python.
+
+    predictor = Predictor.from_workdir('runs/shapes')
+    out = predictor(images, steps=20, td=1.0)   # images: uint8 [b, H, W, 3]
+    out['class'], out['id']                      # int32 [b, H, W]; class = category index + 1
+    predictor.categories                          # COCO-style category dicts (index = class - 1)
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, variables: dict, categories=None):
+    from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.variables = variables
+    self.categories = categories
+    self.model = pix2seq_d.build_model(config)
+    self.settings = SampleSettings.from_config(config)
+    self._fns = {}
+
+  @classmethod
+  def from_workdir(cls, workdir: str, step: int | None = None, use_ema: bool = True):
+    """Loads the config saved in `workdir` and the newest (or given) checkpoint."""
+    from pix2seq_d_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    config, state, _ = checkpoint.load_for_inference(workdir, step)
+    categories = None
+    meta = pathlib.Path(workdir) / 'categories.json'
+    if meta.exists():
+      categories = json.loads(meta.read_text())
+    return cls(config, state.variables(use_ema), categories)
+
+  def _fn(self, steps, decode, in_shape):
+    key = (steps, decode, in_shape)
+    if key not in self._fns:
+      image_size = tuple(self.config.model.image_size)
+
+      @jax.jit
+      def run(variables, images, example_ids, rng, td):
+        x, unpad = preprocess_images(images, image_size)
+        masks = sample(variables, x, example_ids, rng, td, model=self.model,
+                       settings=self.settings, steps=steps, decode=decode)
+        b = images.shape[0]
+        return postprocess(
+            masks, jnp.tile(jnp.asarray(in_shape[1:3], jnp.int32), (b, 1)),
+            jnp.tile(jnp.asarray(unpad, jnp.int32), (b, 1)), image_size=image_size,
+            out_size=in_shape[1:3], num_classes=self.settings.num_classes,
+            max_instances=self.settings.max_instances, min_pixels=self.config.eval.min_pixels)
+      self._fns[key] = run
+    return self._fns[key]
+
+  def __call__(self, images, steps: int | None = None, td: float | None = None, seed: int = 0,
+               example_ids=None, decode: str | None = None) -> dict:
+    """Predicts class and instance maps.
+
+    Args:
+      images: uint8 [b, H, W, 3] (one size per call; a new size compiles once).
+      steps: DDIM steps (default config.eval.steps); td: time difference (config.eval.td).
+      seed: noise seed; example_ids: int [b] stable ids (default 0..b-1).
+      decode: 'bits' or 'argmax' (default config.eval.decode).
+
+    Returns:
+      {'class': int32 [b, H, W] (category index + 1, 0 = void), 'id': int32 [b, H, W]}.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+      raise ValueError(f'Predictor: images must be uint8 [b, H, W, 3], got {images.dtype} '
+                       f'{images.shape}. Stack same-size RGB images; convert floats with '
+                       '(x * 255).astype(np.uint8).')
+    steps = self.config.eval.steps if steps is None else steps
+    td = self.config.eval.td if td is None else td
+    decode = self.config.eval.decode if decode is None else decode
+    if example_ids is None:
+      example_ids = np.arange(images.shape[0])
+    fn = self._fn(steps, decode, images.shape)
+    cls, ids = fn(self.variables, images, jnp.asarray(example_ids, jnp.int32),
+                  jax.random.PRNGKey(seed), jnp.float32(td))
+    return {'class': np.asarray(cls), 'id': np.asarray(ids)}

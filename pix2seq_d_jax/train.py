@@ -1,0 +1,276 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir)`.
+
+Re-running with the same workdir resumes from the newest checkpoint (see checkpoint.py for the
+resume order). The train step, the sampler and the state live on a ('data', 'fsdp') mesh.
+"""
+
+import functools
+import json
+import logging
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pix2seq_d_jax import checkpoint
+from pix2seq_d_jax import sharding
+from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax import train_step as train_step_lib
+from pix2seq_d_jax.models import pix2seq_d
+
+
+def num_train_steps(config: ml_collections.ConfigDict, num_examples: int | None) -> int:
+  """train.num_steps, or train.num_epochs over the train split, in steps."""
+  t = config.train
+  if t.num_steps > 0:
+    return t.num_steps
+  if not num_examples:
+    raise ValueError('config.train.num_steps is -1 and the train split size is unknown: set '
+                     'config.train.num_steps.')
+  return max(int(round(t.num_epochs * num_examples / t.batch_size)), 1)
+
+
+def num_warmup_steps(config: ml_collections.ConfigDict, num_examples: int | None) -> int:
+  t = config.train
+  if t.warmup_steps >= 0:
+    return t.warmup_steps
+  return int(round(t.warmup_epochs * (num_examples or 0) / t.batch_size))
+
+
+def abstract_state(config: ml_collections.ConfigDict, total_steps: int = 1, warmup: int = 0):
+  """The TrainState's shapes and dtypes, without allocating it."""
+  model = pix2seq_d.build_model(config)
+  tx, _ = state_lib.make_optimizer(config, total_steps, warmup)
+  return jax.eval_shape(
+      lambda: state_lib.create_state(model, tx, pix2seq_d.init_inputs(config), config.seed))
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls, so it can checkpoint before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. inside a notebook worker).
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint at the current step, then exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class Trainer:
+  """Holds what the loop and the evaluations share: model, mesh, jitted functions, writers."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    from pix2seq_d_jax import data  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.source = data.get_source(config.dataset)
+    self.mesh = sharding.make_mesh(config.mesh)
+    n_train = self.source.num_examples('train')
+    self.total_steps = num_train_steps(config, n_train)
+    warmup = num_warmup_steps(config, n_train)
+    self.model = pix2seq_d.build_model(config)
+    self.tx, self.lr_schedule = state_lib.make_optimizer(config, self.total_steps, warmup)
+    self.abstract = jax.eval_shape(self._create)
+    self.shardings = sharding.state_shardings(self.abstract, self.mesh)
+    sharding.check_sharded(self.shardings, self.abstract, self.mesh)
+    self.manager = checkpoint.make_manager(self.workdir, config)
+    self._eval_fn = None
+
+  def _create(self):
+    return state_lib.create_state(self.model, self.tx, pix2seq_d.init_inputs(self.config),
+                                  self.config.seed)
+
+  def restore_or_init(self):
+    """(state, start step): newest checkpoint, else config.train.init_from, else fresh."""
+    if self.manager.latest_step() is not None:
+      state, meta = checkpoint.restore(self.manager, self.abstract, self.shardings)
+      logging.info('Resumed from %s at step %d.', checkpoint.checkpoint_dir(self.workdir),
+                   meta['step'])
+      return state, int(meta['step'])
+    state = jax.jit(self._create, out_shardings=self.shardings)()
+    if self.config.train.init_from:
+      state = checkpoint.init_from(state, self.config, abstract_state, self.shardings)
+    return state, 0
+
+  def make_train_step(self):
+    batch_sh = lambda nd: sharding.batch_sharding(self.mesh, nd)
+    in_batch = {'image': batch_sh(4), 'masks': batch_sh(4)}
+    if self.source.is_video:
+      in_batch['cond_masks'] = batch_sh(5)
+    step = functools.partial(train_step_lib.train_step, model=self.model, tx=self.tx,
+                             lr_schedule=self.lr_schedule,
+                             settings=train_step_lib.StepSettings.from_config(self.config))
+    return jax.jit(step, in_shardings=(self.shardings, in_batch),
+                   out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+                   donate_argnums=0)
+
+  def evaluate(self, state, step: int, writer=None, **overrides) -> dict:
+    from pix2seq_d_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+    variables = state.variables(self.config.eval.use_ema)
+    out_dir = self.workdir / 'eval' / f'step_{step}'
+    if self.source.is_video:
+      metrics = run.evaluate_video(self.config, variables, self.source, self.model, self.mesh,
+                                   out_dir, step=step, **overrides)
+    else:
+      if self._eval_fn is None:
+        self._eval_fn = run.make_panoptic_fn(self.config, self.model, self.mesh)
+      metrics = run.evaluate_panoptic(self.config, variables, self.source, self.model, self.mesh,
+                                      out_dir, step=step, fn=self._eval_fn, **overrides)
+    panels = metrics.pop('_panels', [])
+    if writer is not None and metrics:
+      scalars = {f'eval/{k}': v for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'step'}
+      writer.write_scalars(step, scalars)
+      if panels:
+        h = min(p.shape[0] for p in panels)
+        w = min(p.shape[1] for p in panels)
+        writer.write_images(step, {'eval/predictions': np.stack([p[:h, :w] for p in panels])})
+      writer.flush()
+    return metrics
+
+  def save(self, state, force=False):
+    step = int(jax.device_get(state.step))
+    return checkpoint.save(self.manager, state, {'step': step, 'data': {'next_step': step}},
+                           force=force)
+
+
+def _write_run_files(trainer: Trainer) -> None:
+  if jax.process_index() != 0:
+    return
+  checkpoint.save_config(trainer.workdir, trainer.config)
+  path = trainer.workdir / 'categories.json'
+  path.write_text(json.dumps(trainer.source.categories, indent=1))
+
+
+def _check_finite(window: list, first_step: int) -> None:
+  for k, m in enumerate(window):
+    if m['nonfinite'] > 0:
+      bad = [name for name in ('loss', 'grad_norm') if not np.isfinite(m[name])]
+      raise FloatingPointError(
+          f'Training diverged at step {first_step + k + 1}: {" and ".join(bad)} is not finite '
+          f'({", ".join(f"{b}={m[b]}" for b in bad)}). That step was not applied; the last good '
+          'checkpoint is kept. Lower config.train.learning_rate or check the input data.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       evaluate: bool = True) -> dict:
+  """Trains (resuming if possible), evaluating every eval.every_steps and at the end.
+
+  Returns:
+    The last evaluation's metrics (process 0; {} elsewhere or when evaluate=False).
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from pix2seq_d_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  trainer = Trainer(config, workdir)
+  main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=not main,
+                                                asynchronous=True)
+  state, start = trainer.restore_or_init()
+  _write_run_files(trainer)
+  total = trainer.total_steps
+  step_fn = trainer.make_train_step()
+  t = config.train
+  if start == 0 and main:
+    params = pix2seq_d.count_params(state.params)
+    writer.write_hparams({'params': params['total'], **{f'params_{k}': v for k, v in
+                                                        params.items() if k != 'total'}})
+  ds = pipeline.train_dataset(config, trainer.source, start_step=start,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  batches = pipeline.as_numpy(ds)
+  logging.info('Training steps %d..%d (batch %d, %s).', start, total, t.batch_size,
+               'resumed' if start else 'fresh start')
+  window, dropped_total = [], [0]
+  last_metrics = {}
+  window_start = time.time()
+  first_in_window = start
+  run_start, steps_timed = None, 0
+  with _Preemption() as preemption:
+    for step in range(start, total):
+      local = next(batches)
+      pipeline.log_dropped(step, local.pop('dropped_segments'), dropped_total)
+      local.pop('id')
+      batch = sharding.global_batch(local, trainer.mesh)
+      state, metrics = step_fn(state, batch)
+      window.append(metrics)
+      done = step + 1
+      last = done == total
+      if done % t.log_every_steps == 0 or last or preemption.requested:
+        window = jax.device_get(window)
+        _check_finite(window, first_in_window)
+        now = time.time()
+        if run_start is None:   # The first window includes compilation; time from here on.
+          run_start = now
+        else:
+          steps_timed += len(window)
+        rate = len(window) / max(now - window_start, 1e-9)
+        avg = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        avg.pop('nonfinite')
+        scalars = {f'train/{k}': v for k, v in avg.items()}
+        scalars.update({'perf/steps_per_sec': rate,
+                        'perf/examples_per_sec': rate * t.batch_size})
+        writer.write_scalars(done, scalars)
+        steady = steps_timed / max(now - run_start, 1e-9) if steps_timed else rate
+        parts = ' '.join(f'{k[5:]} {avg[k]:.3f}' for k in ('loss_class', 'loss_id') if k in avg)
+        logging.info('step %d/%d | loss %.4f %s| lr %.2e | %.2f steps/s, %.1f img/s | ETA %s',
+                     done, total, avg['loss'], f'({parts}) ' if parts else '', avg['lr'], rate,
+                     rate * t.batch_size, _format_duration((total - done) / max(steady, 1e-9)))
+        window, window_start, first_in_window = [], now, done
+      if done % t.checkpoint_every_steps == 0 or last or preemption.requested:
+        if window:
+          _check_finite(jax.device_get(window), first_in_window)
+        trainer.save(state, force=preemption.requested)
+      if preemption.requested:
+        trainer.manager.wait_until_finished()
+        logging.warning('Checkpoint of step %d written; exiting after SIGTERM.', done)
+        writer.close()
+        raise SystemExit(143)
+      if evaluate and (done % config.eval.every_steps == 0 or last):
+        last_metrics = trainer.evaluate(state, done, writer)
+  if evaluate and start >= total:
+    last_metrics = trainer.evaluate(state, total, writer)
+  trainer.manager.wait_until_finished()
+  trainer.manager.close()
+  writer.close()
+  return last_metrics
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+             **overrides) -> dict:
+  """Evaluates the newest (or given) checkpoint of workdir; writes eval/step_N/."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  trainer = Trainer(config, workdir)
+  if trainer.manager.latest_step() is None:
+    raise FileNotFoundError(f'{checkpoint.checkpoint_dir(workdir)} holds no checkpoint: train '
+                            'first (--mode=train or train_and_eval).')
+  state, meta = checkpoint.restore(trainer.manager, trainer.abstract, trainer.shardings, step)
+  writer = metric_writers.create_default_writer(
+      str(workdir), just_logging=jax.process_index() != 0)
+  metrics = trainer.evaluate(state, int(meta['step']), writer, **overrides)
+  writer.close()
+  trainer.manager.close()
+  return metrics

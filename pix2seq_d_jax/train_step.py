@@ -1,0 +1,116 @@
+"""The jitted training step (SPEC §3): corrupt analog bits, denoise, weighted softmax CE, AdamW, EMA."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from pix2seq_d_jax import bits as bits_lib
+from pix2seq_d_jax import diffusion
+from pix2seq_d_jax import losses
+from pix2seq_d_jax.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What the train step needs from the config, read once (`from_config`)."""
+  b: float
+  schedule: str
+  time_distribution: str
+  loss: str
+  mask_weight_p: float
+  max_instances: int
+  self_condition: bool
+  self_condition_rate: float
+  ema_decay: float
+  frames_dropout: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'StepSettings':
+    d = config.diffusion
+    return cls(b=d.b, schedule=d.train_schedule, time_distribution=d.time_distribution,
+               loss=d.loss, mask_weight_p=d.mask_weight_p,
+               max_instances=config.dataset.max_instances, self_condition=d.self_condition,
+               self_condition_rate=d.self_condition_rate, ema_decay=config.train.ema_decay,
+               frames_dropout=config.dataset.get('frames_dropout', 0.0))
+
+
+def cond_bits(cond_masks: jax.Array, b: float) -> jax.Array:
+  """Previous frames' masks int [B, P, h, w, 2] -> analog bits [B, h, w, 16 P] (SPEC §1.4).
+
+  Channel order: [class(t-P), id(t-P), ..., class(t-1), id(t-1)], 8 bits each.
+  """
+  bsz, p, h, w, c = cond_masks.shape
+  m = jnp.transpose(cond_masks, (0, 2, 3, 1, 4)).reshape(bsz, h, w, p * c)
+  return bits_lib.map_to_analog_bits(m, b)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+               lr_schedule: optax.Schedule, settings: StepSettings):
+  """One optimizer step.
+
+  Args:
+    state: the TrainState.
+    batch: 'image' float32 [B, H, W, 3] in [0, 1]; 'masks' int32 [B, h, w, 2] (class + 1,
+      instance id; 0 = void); video adds 'cond_masks' int32 [B, P, h, w, 2] (previous frames).
+    model: a Pix2SeqD module; tx / lr_schedule: from `state.make_optimizer`; settings: static.
+
+  Returns:
+    (new state, metrics dict of float32 scalars: loss, per-part losses, grad_norm, lr, nonfinite).
+    A step whose loss or gradient is not finite leaves the weights unchanged and reports
+    nonfinite = 1; the training loop stops on it.
+  """
+  s = settings
+  rng = jax.random.fold_in(state.rng, state.step)
+  r_time, r_noise, r_enc, r_dec, r_sc, r_frames = jax.random.split(rng, 6)
+  images, masks = batch['image'], batch['masks']
+  bsz = masks.shape[0]
+
+  x0 = bits_lib.map_to_analog_bits(masks, s.b)
+  t = diffusion.sample_time(r_time, (bsz,), s.time_distribution)
+  gamma = diffusion.get_schedule(s.schedule)(t)
+  x_t = diffusion.corrupt(x0, gamma[:, None, None, None], jax.random.normal(r_noise, x0.shape))
+  weights = losses.instance_size_weights(masks[..., 1], s.max_instances, s.mask_weight_p)
+  cond = None
+  if 'cond_masks' in batch:
+    keep = jax.random.bernoulli(r_frames, 1.0 - s.frames_dropout, batch['cond_masks'].shape[:2])
+    cond = cond_bits(jnp.where(keep[:, :, None, None, None], batch['cond_masks'], 0), s.b)
+
+  def loss_fn(params):
+    (enc_cat, tokens), updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+        method='encode', mutable=['batch_stats'], rngs={'dropout': r_enc})
+    decode = lambda self_cond, key: model.apply(
+        {'params': params}, x_t, gamma, enc_cat, tokens, train=True, self_cond=self_cond,
+        cond=cond, method='decode', rngs={'dropout': key})
+    self_cond = None
+    if s.self_condition:
+      # SPEC §3.2: a first pass without an estimate gives one (no gradient) for a share of the
+      # batch; the rest sees zeros, as at the first sampling step.
+      r_first, r_use = jax.random.split(r_sc)
+      estimate = jax.lax.stop_gradient(
+          losses.x0_from_output(decode(jnp.zeros_like(x_t), r_first), s.loss, s.b))
+      use = jax.random.bernoulli(r_use, s.self_condition_rate, (bsz,))
+      self_cond = jnp.where(use[:, None, None, None], estimate, 0.0)
+    out = decode(self_cond, r_dec)
+    loss, parts = losses.diffusion_loss(out, masks, x0, weights, s.loss, s.b)
+    return loss, (parts, updates['batch_stats'])
+
+  (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  d = s.ema_decay
+  ema = lambda e, x: d * e + (1.0 - d) * x
+  new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                      ema_params=jax.tree.map(ema, state.ema_params, params),
+                      ema_batch_stats=jax.tree.map(ema, state.ema_batch_stats, batch_stats),
+                      opt_state=opt_state)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # Keep the last good weights if this step blew up (the loop raises on `nonfinite`).
+  new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state.replace(step=new.step))
+  metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': lr_schedule(state.step),
+             'nonfinite': 1.0 - finite.astype(jnp.float32), **parts}
+  return new, metrics
