@@ -6,6 +6,7 @@ with its stable example id (Decision 6), so a prediction does not depend on the 
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -139,18 +140,22 @@ def postprocess(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array
   return jax.vmap(one)(masks, orig_size, unpadded_size)
 
 
-def preprocess_images(images: jax.Array, image_size: tuple[int, int]):
-  """uint8 [B, H0, W0, 3] -> (float32 [B, H, W, 3] resized to fit and padded with 0.3,
-  unpadded (h', w'))."""
-  h0, w0 = images.shape[1:3]
-  scale = min(image_size[0] / h0, image_size[1] / w0)
-  nh, nw = max(int(round(h0 * scale)), 1), max(int(round(w0 * scale)), 1)
+def fit_size(size: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:
+  """The largest (h, w) with the aspect of `size` inside image_size (the eval pipeline's rule)."""
+  scale = min(image_size[0] / size[0], image_size[1] / size[1])
+  return (min(max(int(round(size[0] * scale)), 1), image_size[0]),
+          min(max(int(round(size[1] * scale)), 1), image_size[1]))
+
+
+def preprocess_images(images: jax.Array, image_size: tuple[int, int]) -> jax.Array:
+  """uint8 [B, H0, W0, 3] -> float32 [B, H, W, 3] resized to fit (bilinear, antialiased) and
+  padded with 0.3 at the bottom/right, as the evaluation pipeline does."""
+  nh, nw = fit_size(images.shape[1:3], image_size)
   x = images.astype(jnp.float32) / 255.0
-  if (nh, nw) != (h0, w0):
-    x = jax.image.resize(x, (x.shape[0], nh, nw, 3), 'bilinear', antialias=True)
-  x = jnp.pad(x, ((0, 0), (0, image_size[0] - nh), (0, image_size[1] - nw), (0, 0)),
-              constant_values=0.3)
-  return x, (nh, nw)
+  if (nh, nw) != tuple(images.shape[1:3]):
+    x = jnp.clip(jax.image.resize(x, (x.shape[0], nh, nw, 3), 'bilinear', antialias=True), 0, 1)
+  return jnp.pad(x, ((0, 0), (0, image_size[0] - nh), (0, image_size[1] - nw), (0, 0)),
+                 constant_values=0.3)
 
 
 class Predictor:
@@ -182,24 +187,12 @@ class Predictor:
       categories = json.loads(meta.read_text())
     return cls(config, state.variables(use_ema), categories)
 
-  def _fn(self, steps, decode, in_shape):
-    key = (steps, decode, in_shape)
-    if key not in self._fns:
-      image_size = tuple(self.config.model.image_size)
-
-      @jax.jit
-      def run(variables, images, example_ids, rng, td):
-        x, unpad = preprocess_images(images, image_size)
-        masks = sample(variables, x, example_ids, rng, td, model=self.model,
-                       settings=self.settings, steps=steps, decode=decode)
-        b = images.shape[0]
-        return postprocess(
-            masks, jnp.tile(jnp.asarray(in_shape[1:3], jnp.int32), (b, 1)),
-            jnp.tile(jnp.asarray(unpad, jnp.int32), (b, 1)), image_size=image_size,
-            out_size=in_shape[1:3], num_classes=self.settings.num_classes,
-            max_instances=self.settings.max_instances, min_pixels=self.config.eval.min_pixels)
-      self._fns[key] = run
-    return self._fns[key]
+  def _sample_fn(self, steps, decode):
+    """The expensive part, jitted once per (steps, decode) and canvas batch shape."""
+    if (steps, decode) not in self._fns:
+      self._fns[steps, decode] = jax.jit(functools.partial(
+          sample, model=self.model, settings=self.settings, steps=steps, decode=decode))
+    return self._fns[steps, decode]
 
   def __call__(self, images, steps: int | None = None, td: float | None = None, seed: int = 0,
                example_ids=None, decode: str | None = None) -> dict:
@@ -224,7 +217,23 @@ class Predictor:
     decode = self.config.eval.decode if decode is None else decode
     if example_ids is None:
       example_ids = np.arange(images.shape[0])
-    fn = self._fn(steps, decode, images.shape)
-    cls, ids = fn(self.variables, images, jnp.asarray(example_ids, jnp.int32),
-                  jax.random.PRNGKey(seed), jnp.float32(td))
+    image_size = tuple(self.config.model.image_size)
+    # Resizing and post-processing compile per input size (cheap); the sampler only per
+    # canvas batch shape, so images of new sizes do not recompile the model.
+    canvas = _preprocess_jit(jnp.asarray(images), image_size)
+    unpad = fit_size(images.shape[1:3], image_size)
+    masks = self._sample_fn(steps, decode)(
+        self.variables, canvas, jnp.asarray(example_ids, jnp.int32), jax.random.PRNGKey(seed),
+        jnp.float32(td))
+    b = images.shape[0]
+    cls, ids = _postprocess_jit(
+        masks, jnp.tile(jnp.asarray(images.shape[1:3], jnp.int32), (b, 1)),
+        jnp.tile(jnp.asarray(unpad, jnp.int32), (b, 1)), image_size=image_size,
+        out_size=images.shape[1:3], num_classes=self.settings.num_classes,
+        max_instances=self.settings.max_instances, min_pixels=self.config.eval.min_pixels)
     return {'class': np.asarray(cls), 'id': np.asarray(ids)}
+
+
+_postprocess_jit = jax.jit(postprocess, static_argnames=(
+    'image_size', 'out_size', 'num_classes', 'max_instances', 'min_pixels'))
+_preprocess_jit = jax.jit(preprocess_images, static_argnames=('image_size',))

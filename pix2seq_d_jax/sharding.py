@@ -7,6 +7,7 @@ along their largest dimension that divides evenly, when they hold at least
 (plain data parallelism).
 """
 
+import importlib.util
 import logging
 import os
 
@@ -91,8 +92,9 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
                            process_id: int = -1) -> None:
   """Calls `jax.distributed.initialize` when this is one of several processes.
 
-  TPU VM pod slices and SLURM jobs are detected by jax itself; elsewhere the coordinator comes
-  from the arguments or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+  Explicit coordinates come from the arguments or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID. Otherwise Cloud TPU VMs (libtpu installed) and multi-task SLURM jobs are set
+  up by jax from the VM metadata or SLURM_* variables. A plain single process does nothing.
   """
   address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS', '')
   count = num_processes or int(os.environ.get('JAX_NUM_PROCESSES', '0') or 0)
@@ -104,10 +106,11 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
                        'JAX_NUM_PROCESSES/JAX_PROCESS_ID).')
     jax.distributed.initialize(coordinator_address=address, num_processes=count,
                                process_id=pid)
-  elif 'TPU_WORKER_HOSTNAMES' in os.environ or 'SLURM_JOB_ID' in os.environ:
-    hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
-    if ',' in hosts or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
-      jax.distributed.initialize()
+  elif importlib.util.find_spec('libtpu') is not None:
+    # A Cloud TPU VM (single host or pod slice): jax reads the topology from the VM metadata.
+    jax.distributed.initialize()
+  elif int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    jax.distributed.initialize()   # jax reads SLURM_* itself.
   else:
     return
   logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),

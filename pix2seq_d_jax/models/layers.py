@@ -39,9 +39,14 @@ def sincos_2d(rows: int, cols: int, dim: int) -> jax.Array:
 
 
 def group_norm(channels: int, dtype: Dtype, name: str | None = None) -> nn.GroupNorm:
-  """GroupNorm with min(C/4, 32) groups and epsilon 1e-5 (the reference; Flax's default is 1e-6)."""
-  return nn.GroupNorm(num_groups=max(min(channels // 4, 32), 1), epsilon=1e-5, dtype=dtype,
-                      name=name)
+  """GroupNorm with min(C/4, 32) groups and epsilon 1e-5 (the reference; Flax's default is 1e-6).
+
+  For widths where that count does not divide C (e.g. 144), the largest divisor below it is used.
+  """
+  groups = max(min(channels // 4, 32), 1)
+  while channels % groups:
+    groups -= 1
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype, name=name)
 
 
 class DropPath(nn.Module):
