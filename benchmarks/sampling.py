@@ -1,0 +1,87 @@
+"""Sampling latency against the number of DDIM steps; prints one JSON object.
+
+  python benchmarks/sampling.py [--config=configs/shapes.py] [--batch=16] [--steps=1,5,10,20]
+
+Times (median of --repeats runs after a warm-up) the encoder alone and the whole jitted sampler
+(encoder once + lax.scan over N decoder steps + decoding) for each N, and fits
+total(N) = a + b N: b is the time of one decoder step, a the fixed part. Also reports XLA's FLOP
+estimate per N, which should grow linearly too. Weights are randomly initialised: latency does
+not depend on their values.
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+from pix2seq_d_jax import config_lib
+from pix2seq_d_jax import predict
+from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax.models import pix2seq_d
+
+
+def _time(fn, repeats):
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='configs/shapes.py')
+  parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--steps', default='1,5,10,20')
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('overrides', nargs='*', help='key=value config overrides')
+  args = parser.parse_args()
+  config = config_lib.load_config(args.config, args.overrides)
+  model = pix2seq_d.build_model(config)
+  tx, _ = state_lib.make_optimizer(config, 1, 0)
+  state = jax.jit(lambda: state_lib.create_state(model, tx, pix2seq_d.init_inputs(config),
+                                                 config.seed))()
+  variables = state.variables()
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((args.batch, *config.model.image_size, 3), np.float32))
+  ids = jnp.arange(args.batch, dtype=jnp.int32)
+  key = jax.random.PRNGKey(0)
+  encode = jax.jit(lambda v, x: model.apply(v, x, train=False, method='encode'))
+  encoder_s = _time(lambda: encode(variables, images), args.repeats)
+  settings = predict.SampleSettings.from_config(config)
+  rows = []
+  for n in [int(s) for s in args.steps.split(',')]:
+    fn = jax.jit(functools.partial(predict.sample, model=model, settings=settings, steps=n))
+    lowered = fn.lower(variables, images, ids, key, jnp.float32(1.0))
+    cost = lowered.cost_analysis() or {}
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    total = _time(lambda: compiled(variables, images, ids, key, jnp.float32(1.0)), args.repeats)
+    rows.append({'steps': n, 'total_s': round(total, 4), 'compile_s': round(compile_s, 2),
+                 'gflops': round(cost.get('flops', float('nan')) / 1e9, 3)})
+  n = np.array([r['steps'] for r in rows], np.float64)
+  t = np.array([r['total_s'] for r in rows], np.float64)
+  slope, intercept = np.polyfit(n, t, 1) if len(rows) > 1 else (float('nan'), float('nan'))
+  print(json.dumps({
+      'config': args.config, 'overrides': args.overrides, 'batch': args.batch,
+      'device': str(jax.devices()[0].device_kind), 'num_devices': jax.device_count(),
+      'encoder_s': round(encoder_s, 4),
+      'decoder_step_s': round(float(slope), 4), 'fixed_s': round(float(intercept), 4),
+      'per_steps': rows,
+  }, indent=2))
+
+
+if __name__ == '__main__':
+  main()

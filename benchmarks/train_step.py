@@ -1,0 +1,106 @@
+"""Training-step throughput and memory; prints one JSON object.
+
+  python benchmarks/train_step.py [--config=configs/shapes.py] [--steps=20] [key=value ...]
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/train_step.py mesh=...
+
+Runs the jitted, sharded train step on random data of the config's shapes (the same function
+and shardings as training) and reports compile time, the median step time, examples per second,
+XLA's FLOP estimate, model FLOP utilisation against --peak_tflops when given, and per-device
+memory (live buffers after the steps, and the compiled program's temporary allocation).
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from pix2seq_d_jax import config_lib
+from pix2seq_d_jax import sharding
+from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax import train_step as train_step_lib
+from pix2seq_d_jax.models import pix2seq_d
+
+
+def _bytes_per_device(tree) -> dict:
+  per = {}
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      per[str(shard.device)] = per.get(str(shard.device), 0) + shard.data.nbytes
+  return per
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='configs/shapes.py')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--peak_tflops', type=float, default=0.0,
+                      help='peak FLOP/s of one device in TFLOP/s, for MFU')
+  parser.add_argument('overrides', nargs='*', help='key=value config overrides')
+  args = parser.parse_args()
+  config = config_lib.load_config(args.config, args.overrides)
+  mesh = sharding.make_mesh(config.mesh)
+  model = pix2seq_d.build_model(config)
+  tx, schedule = state_lib.make_optimizer(config, 1000, 0)
+  create = lambda: state_lib.create_state(model, tx, pix2seq_d.init_inputs(config), config.seed)
+  abstract = jax.eval_shape(create)
+  shardings = sharding.state_shardings(abstract, mesh)
+  sharding.check_sharded(shardings, abstract, mesh)
+  state = jax.jit(create, out_shardings=shardings)()
+  bsz = config.train.batch_size
+  m = config.model
+  rng = np.random.default_rng(0)
+  local = {'image': rng.random((bsz, *m.image_size, 3), np.float32),
+           'masks': rng.integers(0, 8, (bsz, *m.mask_size, 2)).astype(np.int32)}
+  if m.num_cond_frames:
+    local['cond_masks'] = rng.integers(0, 8, (bsz, m.num_cond_frames, *m.mask_size, 2)).astype(
+        np.int32)
+  batch = sharding.global_batch(local, mesh)
+  step = jax.jit(functools.partial(train_step_lib.train_step, model=model, tx=tx,
+                                   lr_schedule=schedule,
+                                   settings=train_step_lib.StepSettings.from_config(config)),
+                 in_shardings=(shardings, {k: sharding.batch_sharding(mesh, v.ndim)
+                                           for k, v in local.items()}),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  memory = compiled.memory_analysis()
+  state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  flops = float(cost.get('flops', float('nan')))
+  out = {
+      'config': args.config, 'overrides': args.overrides, 'batch': bsz,
+      'device': str(jax.devices()[0].device_kind), 'num_devices': jax.device_count(),
+      'mesh': dict(mesh.shape), 'compile_s': round(compile_s, 2),
+      'step_s': round(step_s, 4), 'examples_per_s': round(bsz / step_s, 2),
+      'gflops_per_step': round(flops / 1e9, 2),
+      'achieved_tflops_per_device': round(flops / step_s / jax.device_count() / 1e12, 4),
+      'state_bytes_per_device': _bytes_per_device(state),
+      'temp_bytes_per_device': getattr(memory, 'temp_size_in_bytes', None),
+      'loss': float(metrics['loss']),
+  }
+  if args.peak_tflops:
+    out['mfu'] = round(flops / step_s / jax.device_count() / (args.peak_tflops * 1e12), 4)
+  print(json.dumps(out, indent=2))
+
+
+if __name__ == '__main__':
+  main()
