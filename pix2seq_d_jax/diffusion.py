@@ -24,7 +24,8 @@ def _cosine(start: float, end: float, tau: float) -> Schedule:
   v_end = math.cos(end * math.pi / 2) ** (2 * tau)
 
   def gamma(t):
-    v = jnp.cos((t * (end - start) + start) * math.pi / 2) ** (2 * tau)
+    # In float32 cos(pi/2) is about -4e-8; a fractional power of it would be NaN at t = 1.
+    v = jnp.maximum(jnp.cos((t * (end - start) + start) * math.pi / 2), 0.0) ** (2 * tau)
     return jnp.clip((v - v_end) / (v_start - v_end), 1e-9, 1.0)
   return gamma
 
