@@ -1,8 +1,28 @@
-"""COCO panoptic, the paper model (ResNet-50-C4, 94.5 M parameters) and recipe.
+"""COCO panoptic, the paper model (ResNet-50-C4, 94.5 M parameters) and recipe (Decision 10).
 
   python -m pix2seq_d_jax.main --config=configs/coco_panoptic.py:stage=low --workdir=DIR
   python -m pix2seq_d_jax.main --config=configs/coco_panoptic.py:stage=high --workdir=DIR2 \
       --config.train.init_from=DIR
+  python -m pix2seq_d_jax.main --config=configs/coco_panoptic.py:runlocal --workdir=/tmp/smoke
+
+Data. By default TFDS `coco/2017_panoptic` (prepare it once with `tfds build coco/2017_panoptic`,
+or point `--config.dataset.tfds_data_dir` at a prepared copy). The same files as a COCO-panoptic
+folder (the official `panoptic_{train,val}2017.json` + image and PNG folders):
+
+  python -m pix2seq_d_jax.data.check --config=configs/coco_panoptic.py:stage=low \
+      --config.dataset.name=coco_panoptic_folder \
+      --config.dataset.train_json=COCO/annotations/panoptic_train2017.json \
+      --config.dataset.train_image_dir=COCO/train2017 \
+      --config.dataset.train_panoptic_dir=COCO/annotations/panoptic_train2017 \
+      --config.dataset.eval_json=COCO/annotations/panoptic_val2017.json \
+      --config.dataset.eval_image_dir=COCO/val2017 \
+      --config.dataset.eval_panoptic_dir=COCO/annotations/panoptic_val2017
+  (then the same flags with python -m pix2seq_d_jax.main ... --workdir=DIR)
+
+Stages: `stage=low` (batch 512, 800 epochs, lr 1e-4, 5 warm-up epochs, scale jitter [1, 3],
+colour jitter 1.0) then `stage=high` (batch 16, 15 epochs, lr 1e-5, no jitter). The reference
+gives both stages the 1024² image / 512² mask sizes (SPEC §3.8), and so do we.
+`runlocal` is a smoke test: a small model of the same architecture on 64² images.
 
 Paper result: 50.3 PQ on COCO val2017 with 20 sampling steps (Chen et al. 2022). Not reproduced by
 this project yet (no TPU pod was available); see README "Expected results".
@@ -11,21 +31,63 @@ this project yet (no TPU pod was available); see README "Expected results".
 from configs import common
 
 
+def add_folder_keys(c) -> None:
+  """COCO-panoptic-folder keys (DESIGN.md contracts); empty = not set."""
+  for prefix in ('train', 'eval'):
+    c.dataset[f'{prefix}_json'] = ''
+    c.dataset[f'{prefix}_image_dir'] = ''
+    c.dataset[f'{prefix}_panoptic_dir'] = ''
+
+
+def small_model(c) -> None:
+  """The paper architecture at smoke-test size (for `:runlocal` variants)."""
+  c.model.backbone.depths = (1, 1, 1)
+  c.model.backbone.width = 16
+  c.model.encoder.num_layers = 1
+  c.model.encoder.dim = 64
+  c.model.encoder.num_heads = 4
+  c.model.encoder.mlp_dim = 128
+  c.model.fpn_dim = 64
+  c.model.decoder.dim = 32
+  c.model.decoder.ch_multipliers = (1, 2)
+  c.model.decoder.num_res_blocks = (1, 1)
+  c.model.decoder.transformer_dim = 64
+  c.model.decoder.transformer_layers = 1
+  c.model.decoder.transformer_head_dim = 32
+  c.model.decoder.transformer_mlp_dim = 128
+
+
 def get_config(arg=None):
   args = common.parse_arg(arg, stage='high', runlocal=False)
   c = common.base_config()
-  c.dataset.name = 'coco_panoptic_tfds'
+  c.dataset.name = 'coco_panoptic_tfds'   # or 'coco_panoptic_folder' (keys below)
+  c.dataset.num_classes = 134             # 133 categories + void
+  c.dataset.tfds_data_dir = ''            # '' = the TFDS default (~/tensorflow_datasets)
+  c.dataset.shuffle_buffer = 10_000       # TFDS: examples in the shuffle buffer (per process)
+  add_folder_keys(c)
+  c.dataset.max_original_size = (640, 640)  # COCO images are at most 640 on a side
   if args.stage == 'low':
     c.train.batch_size = 512
     c.train.num_epochs = 800.0
     c.train.learning_rate = 1e-4
     c.train.warmup_epochs = 5.0
+    c.train.checkpoint_every_steps = 2310  # ~10 epochs
+    c.dataset.min_scale = 1.0
+    c.dataset.max_scale = 3.0
+    c.dataset.color_jitter = 1.0
   elif args.stage != 'high':
     raise ValueError(f"coco_panoptic.py: stage={args.stage!r}; valid: 'low', 'high'.")
   if args.runlocal:
+    small_model(c)
     c.model.image_size = (64, 64)
     c.model.mask_size = (32, 32)
+    c.dataset.shuffle_buffer = 64
     c.train.batch_size = 2
     c.train.num_steps = 2
+    c.train.log_every_steps = 1
+    c.train.checkpoint_every_steps = 2
     c.eval.batch_size = 2
+    c.eval.steps = 2
+    c.eval.every_steps = 2
+    c.eval.num_visualizations = 1
   return c

@@ -45,8 +45,8 @@ def train_positions(num_examples: int, seed: int, start_step: int, global_batch:
 
 def _split_label(label):
   """Source label [.., 3] -> training target [.., 2] with crowd regions as void."""
-  crowd = label[..., 2:3] > 0
-  return tf.where(crowd, 0, label[..., :2])
+  not_crowd = tf.cast(tf.equal(label[..., 2:3], 0), label.dtype)
+  return label[..., :2] * not_crowd
 
 
 def _prepare_train(example, position, *, config, is_video):
@@ -92,12 +92,26 @@ def train_dataset(config, source: Source, *, start_step: int = 0, process_index:
   else:
     ds = source.stream('train', shard_index=process_index, shard_count=process_count,
                        seed=config.seed).repeat()
-    # Sequential sources resume by skipping what this process already read.
+    # Sequential sources resume by skipping the records this process already read; records
+    # are skipped before they are decoded.
     ds = ds.skip(start_step * local).enumerate(start_step * local)
-    ds = ds.map(lambda p, ex: (ex, p * process_count + process_index))
+    decode = source.decode_fn('train')
+    ds = ds.map(lambda p, rec: (decode(rec), p * process_count + process_index),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.map(lambda ex, p: _prepare_train(ex, p, config=config, is_video=source.is_video),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(local, drop_remainder=True).prefetch(2)
+  ds = ds.batch(local, drop_remainder=True).prefetch(2)
+  return ds.with_options(_options())
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.autotune.enabled = True
+  # Each op of an example runs on one thread: the parallelism comes from the many examples in
+  # flight, and single-threaded ops avoid intra-op hand-offs (benchmarks/input_pipeline.py).
+  options.threading.max_intra_op_parallelism = 1
+  return options
 
 
 def num_eval_examples(config, source: Source) -> int:
@@ -114,6 +128,8 @@ def eval_dataset(config, source: Source, *, process_index: int = 0,
   Elements: 'image' float32 [L, H, W, 3]; 'label_orig' int32 [L, Hmax, Wmax, 3] (class, id,
   crowd at the original size, zero-padded to dataset.max_original_size); 'orig_size',
   'unpadded_size' int32 [L, 2]; 'id' int64 [L]; 'valid' bool [L] (False on padding examples).
+  Video sources add a frame axis after L to 'image' and 'label_orig' (padded with zeros to the
+  longest video of the batch) and 'num_frames' int32 [L].
 
   Returns:
     (dataset, number of batches).
@@ -133,8 +149,18 @@ def eval_dataset(config, source: Source, *, process_index: int = 0,
     ds = ds.map(lambda g: (load(tf.minimum(g, n - 1)), g < n),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
-    raise NotImplementedError(f'{config.dataset.name}: evaluation of sequential sources is '
-                              'read through source.eval_stream.')
+    # Every process reads the split in order and keeps the records of its slots (the positions
+    # above), so batches hold the same examples as for a random-access source. Records are
+    # filtered before they are decoded; padding slots repeat the first record, marked invalid.
+    decode = source.decode_fn('validation')
+    read = lambda: source.stream('validation', shard_index=0, shard_count=1, seed=None)
+    mine = read().take(n).enumerate().filter(
+        lambda g, rec: tf.equal((g // local) % process_count, process_index))
+    mine = mine.map(lambda g, rec: (rec, tf.constant(True)))
+    filler = read().take(1).map(lambda rec: (rec, tf.constant(False))).repeat()
+    ds = mine.concatenate(filler).take(len(positions))
+    ds = ds.map(lambda rec, valid: (decode(rec), valid), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
 
   def prepare(ex, valid):
     label = tf.cast(ex['label'], tf.int32)
@@ -154,15 +180,39 @@ def eval_dataset(config, source: Source, *, process_index: int = 0,
     out['label_orig'] = tf.pad(label, pad)
     out['id'] = ex['id']
     out['valid'] = valid
+    if source.is_video:
+      out['num_frames'] = tf.shape(ex['image'])[0]
     return out
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if source.is_video:
+    # Whole videos differ in length: frames beyond 'num_frames' are zero padding.
+    return ds.padded_batch(local, drop_remainder=True).prefetch(2), num_batches
   return ds.batch(local, drop_remainder=True).prefetch(2), num_batches
 
 
+class InputError(RuntimeError):
+  """Reading or decoding an input example failed; the message says how to find the file."""
+
+
 def as_numpy(ds: tf.data.Dataset):
-  """Iterates a dataset as numpy dicts."""
-  return ds.as_numpy_iterator()
+  """Iterates a dataset as numpy dicts.
+
+  A failure inside tf.data (a corrupt file, a failed check) is re-raised as InputError with
+  TF's message, which names the file where a check could, and the way to list every problem.
+  """
+  iterator = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      raise InputError(
+          f'Reading the input data failed: {e.message.strip()}\nIf no file is named above, run '
+          'python -m pix2seq_d_jax.data.check --config=<the same config and --config.* flags> '
+          'to list every unreadable or inconsistent file.') from e
+    yield batch
 
 
 def log_dropped(step: int, dropped: np.ndarray, total: list) -> None:

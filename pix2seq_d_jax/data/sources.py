@@ -38,8 +38,17 @@ class Source:
 
   def stream(self, split: str, *, shard_index: int, shard_count: int,
              seed: int | None) -> tf.data.Dataset:
-    """Decoded examples of this process's shard, in an order fixed by `seed` (None: file order)."""
+    """Records of this process's shard, in an order fixed by `seed` (None: file order).
+
+    A record is what `decode_fn(split)` turns into an example; the pipeline skips and filters
+    records before decoding them, so a source that can keep its records encoded should.
+    """
     raise NotImplementedError
+
+  def decode_fn(self, split: str):
+    """A traceable function: record of `stream(split, ...)` -> decoded example (identity here)."""
+    del split
+    return lambda record: record
 
 
 def check_split(split: str, source: str) -> str:

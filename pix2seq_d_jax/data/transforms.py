@@ -195,7 +195,11 @@ def order_ids(label: tf.Tensor, *, order: str, max_instances: int,
     new_value = tf.gather(tf.concat([[0], perm], axis=0), compact)
 
   new_ids = tf.reshape(tf.gather(new_value, idx), tf.shape(ids))
-  new_classes = tf.where(tf.reshape(tf.gather(dropped, idx), tf.shape(ids)), 0, classes)
+  # Only an overflowing example needs the (full-size) class update.
+  new_classes = tf.cond(
+      num_dropped > 0,
+      lambda: tf.where(tf.reshape(tf.gather(dropped, idx), tf.shape(ids)), 0, classes),
+      lambda: tf.identity(classes))
   out = tf.stack([new_classes, new_ids], axis=-1)
   out.set_shape(static_shape)
   return out, tf.cast(num_dropped, tf.int32)
@@ -228,12 +232,18 @@ def scale_jitter(image: tf.Tensor, label: tf.Tensor, *, output_size: tuple[int, 
   if not 0 < min_scale <= max_scale:
     raise ValueError(f'scale_jitter: need 0 < min_scale <= max_scale, got min_scale={min_scale}, '
                      f'max_scale={max_scale}.')
+  size = _jitter_size(_spatial_size(image), output_size, min_scale, max_scale, seed)
+  return _resize(image, label, size)
+
+
+def _jitter_size(in_size: tf.Tensor, output_size: tuple[int, int], min_scale: float,
+                 max_scale: float, seed: Seed) -> tf.Tensor:
+  """int32 [2]: the scale-jittered size floor(scale · (H0, W0)) of `scale_jitter`."""
   s = tf.random.stateless_uniform([], _as_seed(seed), minval=min_scale, maxval=max_scale)
-  in_size = tf.cast(_spatial_size(image), tf.float32)
+  in_size = tf.cast(in_size, tf.float32)
   target = tf.constant(output_size, tf.float32) * s
   scale = tf.reduce_min(target / in_size)
-  size = tf.maximum(tf.cast(tf.floor(in_size * scale + _SIZE_TOLERANCE), tf.int32), 1)
-  return _resize(image, label, size)
+  return tf.maximum(tf.cast(tf.floor(in_size * scale + _SIZE_TOLERANCE), tf.int32), 1)
 
 
 def fixed_size_crop(image: tf.Tensor, label: tf.Tensor, *, output_size: tuple[int, int],
@@ -253,15 +263,20 @@ def fixed_size_crop(image: tf.Tensor, label: tf.Tensor, *, output_size: tuple[in
     image, label: [.., min(h, H), min(w, W), C], same dtypes.
   """
   image, label = _as_tensors(image, label)
-  size = _spatial_size(image)
+  offset, crop = _crop_window(_spatial_size(image), output_size, seed)
+  y0, x0 = offset[0], offset[1]
+  y1, x1 = y0 + crop[0], x0 + crop[1]
+  return image[..., y0:y1, x0:x1, :], label[..., y0:y1, x0:x1, :]
+
+
+def _crop_window(size: tf.Tensor, output_size: tuple[int, int],
+                 seed: Seed) -> tuple[tf.Tensor, tf.Tensor]:
+  """(offset, crop), int32 [2] each: the window `fixed_size_crop` cuts from a `size` input."""
   target = tf.constant(output_size, tf.int32)
   max_offset = tf.cast(tf.maximum(size - target, 0), tf.float32)
   u = tf.random.stateless_uniform([], _as_seed(seed))
   offset = tf.cast(tf.floor(max_offset * u), tf.int32)
-  crop = tf.minimum(target, size - offset)
-  y0, x0 = offset[0], offset[1]
-  y1, x1 = y0 + crop[0], x0 + crop[1]
-  return image[..., y0:y1, x0:x1, :], label[..., y0:y1, x0:x1, :]
+  return offset, tf.minimum(target, size - offset)
 
 
 def random_horizontal_flip(image: tf.Tensor, label: tf.Tensor, *, prob: float,
@@ -427,11 +442,101 @@ def _pop_image_label(example: dict[str, Any], fn: str,
   return rest, image, label
 
 
+def _window_resize(image: tf.Tensor, size: tf.Tensor, offset: tf.Tensor, crop: tf.Tensor,
+                   flip: tf.Tensor, color_jitter_strength: float, color_seed: Seed) -> tf.Tensor:
+  """flip(crop(resize(image, size), offset, crop)) that reads only the source pixels it needs.
+
+  The source window under the crop (plus the kernel's reach) is converted to float,
+  colour-jittered and resized straight to the crop with the sample positions of
+  `tf.image.resize(..., antialias=True)`: upsampling (the usual zoom-in jitter) is bilinear
+  interpolation, done by `crop_and_resize` on the edge-padded window, which also flips for free;
+  downsampling uses the antialiasing triangle kernel (`ScaleAndTranslate`). Equal to resizing
+  the whole image and cropping, to float rounding.
+
+  Args:
+    image: uint8/float [H0, W0, 3] or [T, H0, W0, 3].
+    size: int32 [2], the scale-jittered size.
+    offset, crop: int32 [2], the crop window in the resized image.
+    flip: bool scalar, mirror the crop left-right.
+    color_jitter_strength, color_seed: `color_jitter`'s arguments.
+
+  Returns:
+    float32 [.., crop_h, crop_w, 3] in [0, 1].
+  """
+  in_size = _spatial_size(image)
+  scale = tf.cast(size, tf.float32) / tf.cast(in_size, tf.float32)
+  # A sample reads source pixels within max(1, 1/scale) of its position (triangle kernel).
+  reach = tf.maximum(1.0, 1.0 / scale)
+  offset_f, crop_f = tf.cast(offset, tf.float32), tf.cast(crop, tf.float32)
+  first = (offset_f + 0.5) / scale - 0.5          # source position of the crop's first sample
+  last = first + (crop_f - 1.0) / scale
+  lo = tf.clip_by_value(tf.cast(tf.floor(first - reach), tf.int32) - 1, 0, in_size - 1)
+  hi = tf.clip_by_value(tf.cast(tf.math.ceil(last + reach), tf.int32) + 2, lo + 1, in_size)
+  window = _to_float(image[..., lo[0]:hi[0], lo[1]:hi[1], :])
+  window = color_jitter(window, strength=color_jitter_strength, seed=color_seed)
+  is_video = window.shape.rank == 4
+  batched = window if is_video else window[None]
+  frames = tf.shape(batched)[0]
+  lo_f = tf.cast(lo, tf.float32)
+
+  def upsample():
+    # Edge replication reproduces resize's clamping at the image border; +1 for the pad.
+    padded = tf.pad(batched, [[0, 0], [1, 1], [1, 1], [0, 0]], mode='SYMMETRIC')
+    extent = tf.cast(tf.shape(padded)[1:3], tf.float32) - 1.0
+    start = (first - lo_f + 1.0) / extent
+    end = (last - lo_f + 1.0) / extent
+    x0, x1 = tf.cond(flip, lambda: (end[1], start[1]), lambda: (start[1], end[1]))
+    box = tf.stack([start[0], x0, end[0], x1])
+    return tf.image.crop_and_resize(padded, tf.tile(box[None], [frames, 1]),
+                                    tf.range(frames), crop, method='bilinear')
+
+  def downsample():
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=batched, size=crop, scale=scale, translation=lo_f * scale - offset_f,
+        kernel_type='triangle', antialias=True)
+    return tf.cond(flip, lambda: tf.reverse(out, axis=[2]), lambda: tf.identity(out))
+
+  out = tf.cond(tf.reduce_all(size >= in_size), upsample, downsample)
+  out = tf.clip_by_value(out, 0.0, 1.0)
+  return out if is_video else out[0]
+
+
+def _nearest_index(out_len: int, canvas_len: int, in_len: tf.Tensor, size_len: tf.Tensor,
+                   offset: tf.Tensor, crop: tf.Tensor,
+                   flip: tf.Tensor | bool) -> tuple[tf.Tensor, tf.Tensor]:
+  """Source index of each mask row (or column) through resize, crop, flip, pad and resize.
+
+  Reproduces `tf.image.resize(method='nearest')` (half-pixel centres, float32 arithmetic)
+  twice: canvas -> mask, then the scale jitter's source -> resized.
+
+  Returns:
+    (int32 [out_len] source indices, bool [out_len] False where the canvas is padding).
+  """
+  def nearest(i, in_n, out_n):
+    scale = tf.cast(in_n, tf.float32) / tf.cast(out_n, tf.float32)
+    j = tf.cast(tf.floor((tf.cast(i, tf.float32) + 0.5) * scale), tf.int32)
+    return tf.clip_by_value(j, 0, in_n - 1)
+
+  canvas = nearest(tf.range(out_len), canvas_len, out_len)
+  valid = canvas < crop
+  before_flip = tf.where(flip, crop - 1 - canvas, canvas)
+  source = nearest(offset + before_flip, in_len, size_len)
+  return tf.where(valid, source, 0), valid
+
+
 def train_transform(example: dict[str, Any], *, image_size: tuple[int, int],
                     mask_size: tuple[int, int], min_scale: float, max_scale: float,
                     color_jitter_strength: float, flip_prob: float,
                     seed: Seed) -> dict[str, Any]:
   """The training augmentation of SPEC §3.9: jitter, crop, flip, colour, pad, label → mask size.
+
+  The same geometry and random draws as scale_jitter → fixed_size_crop → random_horizontal_flip
+  → pad_to_size → resize_label, computed in one pass: only the source pixels under the crop
+  window are converted to float, colour-jittered and resized (straight to the crop), and the
+  mask is gathered from the source label at mask resolution (identical masks; images equal to
+  float rounding). Colour jitter therefore acts on source pixels before the resize rather than
+  after it: per-pixel colour operations and the resize commute up to interpolation, and the
+  window holds about 1/s² of the pixels of a zoomed crop.
 
   Args:
     example: {'image': uint8/float [H0, W0, 3] or [T, H0, W0, 3], 'label': int32 [.., H0, W0, 2],
@@ -448,15 +553,27 @@ def train_transform(example: dict[str, Any], *, image_size: tuple[int, int],
      'masks': int32 [.., h, w, 2] (class + 1, id), padding void} plus the other keys unchanged.
   """
   rest, image, label = _pop_image_label(example, 'train_transform', label_required=True)
+  if not 0 < min_scale <= max_scale:
+    raise ValueError(f'train_transform: need 0 < min_scale <= max_scale, got min_scale='
+                     f'{min_scale}, max_scale={max_scale}.')
   jitter_seed, crop_seed, flip_seed, color_seed = _split_seed(seed, 4)
-  image, label = scale_jitter(image, label, output_size=image_size, min_scale=min_scale,
-                              max_scale=max_scale, seed=jitter_seed)
-  image, label = fixed_size_crop(image, label, output_size=image_size, seed=crop_seed)
-  image, label = random_horizontal_flip(image, label, prob=flip_prob, seed=flip_seed)
-  image = color_jitter(image, strength=color_jitter_strength, seed=color_seed)
-  image, label = pad_to_size(image, label, output_size=image_size)
-  rest['image'] = image
-  rest['masks'] = resize_label(label, mask_size)
+  in_size = _spatial_size(image)
+  size = _jitter_size(in_size, image_size, min_scale, max_scale, jitter_seed)
+  offset, crop = _crop_window(size, image_size, crop_seed)
+  flip = tf.random.stateless_uniform([], _as_seed(flip_seed)) < flip_prob
+
+  crop_image = _window_resize(image, size, offset, crop, flip, color_jitter_strength, color_seed)
+  rest['image'], _ = pad_to_size(crop_image, None, output_size=image_size)
+
+  rows, valid_rows = _nearest_index(mask_size[0], image_size[0], in_size[0], size[0], offset[0],
+                                    crop[0], False)
+  cols, valid_cols = _nearest_index(mask_size[1], image_size[1], in_size[1], size[1], offset[1],
+                                    crop[1], flip)
+  masks = tf.gather(tf.gather(label, rows, axis=-3), cols, axis=-2)
+  valid = tf.logical_and(valid_rows[:, None], valid_cols[None, :])
+  masks = tf.where(valid[..., None], masks, PAD_LABEL_VALUE)
+  masks.set_shape(label.shape[:-3].concatenate(list(mask_size) + [label.shape[-1]]))
+  rest['masks'] = masks
   return rest
 
 
