@@ -129,12 +129,12 @@ class Trainer:
                    donate_argnums=0)
 
   def evaluate(self, state, step: int, writer=None, **overrides) -> dict:
-    from pix2seq_d_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+    from pix2seq_d_jax.evaluation import run, run_video  # pylint: disable=g-import-not-at-top
     variables = state.variables(self.config.eval.use_ema)
     out_dir = self.workdir / 'eval' / f'step_{step}'
     if self.source.is_video:
-      metrics = run.evaluate_video(self.config, variables, self.source, self.model, self.mesh,
-                                   out_dir, step=step, **overrides)
+      metrics = run_video.evaluate_video(self.config, variables, self.source, self.model,
+                                         self.mesh, out_dir, step=step, **overrides)
     else:
       if self._eval_fn is None:
         self._eval_fn = run.make_panoptic_fn(self.config, self.model, self.mesh)

@@ -258,3 +258,106 @@ def save_png(path: str | os.PathLike[str], array: np.ndarray) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(array).save(path, format='PNG')
+
+
+# Frame strips of video clips.
+STRIP_LABEL_WIDTH = 92
+MIN_STRIP_FRAME_HEIGHT = 96
+
+
+def render_frame_strip(
+    frames: np.ndarray,
+    gt_class: np.ndarray,
+    gt_id: np.ndarray,
+    pred_class: np.ndarray,
+    pred_id: np.ndarray,
+    categories: Sequence[Mapping[str, Any]],
+    scale: int | None = None,
+) -> np.ndarray:
+  """Draws a clip as three rows (image / ground truth / prediction), one column per frame.
+
+  Each frame's segmentations are painted as in `render_panel` (stuff in its class colour, each
+  thing instance in its own shade, void black, white boundaries); an id keeps its shade in every
+  frame, so a switched id shows as a change of shade along a row.
+
+  Args:
+    frames: uint8 [T, H0, W0, 3]; resized (bilinear) to [H, W] when the maps have another size.
+    gt_class, gt_id: int [T, H, W] ground-truth classes (index + 1 into categories, 0 = void)
+      and instance ids.
+    pred_class, pred_id: int [T, H, W], the same for the prediction.
+    categories: COCO category dicts `{'id', 'name', 'isthing', 'color'?}`.
+    scale: integer nearest upscaling; default: the smallest that makes a frame at least
+      MIN_STRIP_FRAME_HEIGHT (96) pixels tall.
+
+  Returns:
+    uint8 [TITLE_HEIGHT + 3·(H·s + GAP) + legend height, STRIP_LABEL_WIDTH + T·(W·s + GAP), 3]
+    with s = scale: frame k's column starts at STRIP_LABEL_WIDTH + k·(W·s + GAP); the legend
+    lists every class present in the ground truth or the prediction.
+  """
+  categories = coco_format.check_categories(categories)
+  frames = np.asarray(frames)
+  maps = [np.asarray(m) for m in (gt_class, gt_id, pred_class, pred_id)]
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    raise ValueError(f'render_frame_strip: frames must be uint8 [T, H, W, 3], got {frames.dtype} '
+                     f'{frames.shape}')
+  shape = maps[0].shape
+  if len(shape) != 3 or shape[0] != frames.shape[0] or any(m.shape != shape for m in maps):
+    raise ValueError(f'render_frame_strip: the class and id maps must all be [T, H, W] with the '
+                     f'T = {frames.shape[0]} frames of `frames`, got '
+                     f'{[m.shape for m in maps]}; resize the prediction to the ground-truth size')
+  num_frames, height, width = shape
+  if scale is None:
+    scale = max(1, math.ceil(MIN_STRIP_FRAME_HEIGHT / max(height, 1)))
+  if int(scale) != scale or scale < 1:
+    raise ValueError(f'render_frame_strip: scale must be a positive integer, got {scale!r}')
+  scale = int(scale)
+  isthing = np.array([False] + [bool(c['isthing']) for c in categories])
+  rows = [[], [], []]
+  for t in range(num_frames):
+    image = frames[t]
+    if image.shape[:2] != (height, width):
+      image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    rows[0].append(_upscale(image, scale))
+    for r, (cls, ids) in enumerate(((maps[0][t], maps[1][t]), (maps[2][t], maps[3][t])), 1):
+      cls, ids = _check_maps(cls, ids, len(categories), 'render_frame_strip')
+      rgb = _upscale(colorize(cls, ids, categories), scale)
+      rows[r].append(_draw_boundaries(rgb, _upscale(_segment_key(cls, ids, isthing), scale)))
+  ph, pw = height * scale, width * scale
+  total_w = STRIP_LABEL_WIDTH + num_frames * (pw + GAP)
+  canvas = Image.new('RGB', (total_w, TITLE_HEIGHT + 3 * (ph + GAP)), BACKGROUND)
+  draw = ImageDraw.Draw(canvas)
+  font = _font()
+  for t in range(num_frames):
+    draw.text((STRIP_LABEL_WIDTH + t * (pw + GAP) + 2, 3), f't={t}', fill=TEXT_COLOR, font=font)
+  for r, title in enumerate(('image', 'ground truth', 'prediction')):
+    y0 = TITLE_HEIGHT + r * (ph + GAP)
+    draw.text((GAP, y0 + ph // 2 - 6), title, fill=TEXT_COLOR, font=font)
+    for t, panel in enumerate(rows[r]):
+      canvas.paste(Image.fromarray(panel), (STRIP_LABEL_WIDTH + t * (pw + GAP), y0))
+  present = sorted((set(np.unique(maps[0]).tolist()) | set(np.unique(maps[2]).tolist())) - {0})
+  legend = _legend(present, categories, class_colors(categories), total_w)
+  return np.concatenate([np.asarray(canvas), np.asarray(legend)], axis=0)
+
+
+def save_gif(path: str | os.PathLike[str], frames: Sequence[np.ndarray],
+             duration_ms: int = 400) -> None:
+  """Writes uint8 [H, W, 3] pictures (e.g. one `render_panel` per video frame) as a looping GIF,
+  creating parent folders. Pictures of different sizes are padded to the largest."""
+  if not frames:
+    raise ValueError(f'save_gif: {path}: no frames given; pass at least one uint8 [H, W, 3]')
+  arrays = [np.asarray(f) for f in frames]
+  for k, f in enumerate(arrays):
+    if f.dtype != np.uint8 or f.ndim != 3 or f.shape[-1] != 3:
+      raise ValueError(f'save_gif: {path}: frame {k} must be uint8 [H, W, 3], got {f.dtype} '
+                       f'{f.shape}')
+  h = max(f.shape[0] for f in arrays)
+  w = max(f.shape[1] for f in arrays)
+  images = []
+  for f in arrays:
+    canvas = np.full((h, w, 3), BACKGROUND, np.uint8)
+    canvas[:f.shape[0], :f.shape[1]] = f
+    images.append(Image.fromarray(canvas))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  images[0].save(path, format='GIF', save_all=True, append_images=images[1:],
+                 duration=duration_ms, loop=0)

@@ -1,0 +1,110 @@
+"""The embedded video default: Pix2Seq-D on synthetic moving-shapes clips (no download).
+
+  python -m pix2seq_d_jax.main --config=configs/moving_shapes.py --workdir=runs/moving_shapes
+  python -m pix2seq_d_jax.main --config=configs/moving_shapes.py:long --workdir=runs/ms_long
+  python -m pix2seq_d_jax.main --config=configs/moving_shapes.py:runlocal --workdir=/tmp/smoke
+  # J&F with ground-truth conditioning (a diagnostic of the tracking part alone):
+  python -m pix2seq_d_jax.main --config=configs/moving_shapes.py --workdir=runs/moving_shapes \
+      --mode=eval --config.eval.use_gt_cond=True
+
+The video model of SPEC §7 (Decision 12) scaled down like configs/shapes.py: the decoder also
+reads the analog bits of the two previous frames' masks (`model.num_cond_frames=2`); training
+examples are 3-frame windows (the last frame is the target, the earlier two the condition, each
+dropped with probability `dataset.frames_dropout`); evaluation streams whole clips, conditioning
+every frame on the model's own previous predictions, and reports the DAVIS-2017 unsupervised
+J&F (stuff regions are background, thing instances are the objects; see
+pix2seq_d_jax/evaluation/run_video.py).
+
+Initialising from an image model (Decision 7; the new input channels start at zero):
+  --config.train.init_from=runs/shapes
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, runlocal=False, long=False)
+  c = common.base_config()
+  c.dataset.name = 'moving_shapes'
+  c.dataset.num_classes = 9              # 8 categories + void
+  c.dataset.max_instances = 16           # K, as DAVIS (Decision 12)
+  c.dataset.object_order = 'shuffle'     # one permutation of 1..n per clip (SPEC §1.2)
+  c.dataset.data_seed = 0
+  c.dataset.synthetic_size = 64
+  c.dataset.num_frames = 3               # training window: 2 condition frames + the target
+  c.dataset.eval_num_frames = 10         # evaluation clips are streamed whole
+  c.dataset.frames_dropout = 0.2         # per condition frame (SPEC §7.1)
+  c.dataset.num_train = 4096
+  c.dataset.num_eval = 32
+  c.dataset.max_original_size = (64, 64)
+
+  c.model.image_size = (64, 64)
+  c.model.mask_size = (32, 32)
+  c.model.num_cond_frames = 2
+  c.model.backbone.depths = (1, 1, 1)
+  c.model.backbone.width = 16
+  c.model.encoder.num_layers = 1
+  c.model.encoder.dim = 64
+  c.model.encoder.num_heads = 4
+  c.model.encoder.mlp_dim = 128
+  c.model.encoder.dropout = 0.0
+  c.model.encoder.drop_path = 0.0
+  c.model.fpn_dim = 64
+  c.model.decoder.dim = 32
+  c.model.decoder.ch_multipliers = (1, 2)
+  c.model.decoder.num_res_blocks = (1, 1)
+  c.model.decoder.transformer_dim = 64
+  c.model.decoder.transformer_layers = 1
+  c.model.decoder.transformer_head_dim = 32
+  c.model.decoder.transformer_mlp_dim = 128
+
+  c.train.batch_size = 16
+  c.train.num_steps = 1000
+  c.train.learning_rate = 2e-3
+  c.train.warmup_steps = 100
+  c.train.end_lr_factor = 0.1
+  c.train.weight_decay = 0.05
+  c.train.ema_decay = 0.99
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 500
+
+  c.eval.batch_size = 32
+  c.eval.every_steps = 1000
+  c.eval.steps = 20                      # DDIM steps of the first frame of a clip
+  c.eval.steps_later = 10                # DDIM steps of every later frame
+  c.eval.use_gt_cond = False             # condition on ground truth instead of own predictions
+  c.eval.td = 1.0
+  c.eval.decode = 'bits'
+  c.eval.num_visualizations = 4          # clips drawn as frame strips (PNG) and GIFs
+
+  if args.long:
+    c.train.num_steps = 6000
+    c.eval.every_steps = 2000
+  if args.runlocal:
+    # A smoke test of the whole loop in well under a minute: a tiny model on 32x32 clips.
+    c.dataset.synthetic_size = 32
+    c.dataset.max_original_size = (32, 32)
+    c.model.image_size = (32, 32)
+    c.model.mask_size = (16, 16)
+    c.model.backbone.width = 8
+    c.model.encoder.dim = 32
+    c.model.encoder.num_heads = 2
+    c.model.encoder.mlp_dim = 64
+    c.model.fpn_dim = 16
+    c.model.decoder.dim = 16
+    c.model.decoder.transformer_dim = 32
+    c.model.decoder.transformer_head_dim = 16
+    c.model.decoder.transformer_mlp_dim = 64
+    c.dataset.num_train = 32
+    c.dataset.num_eval = 2
+    c.dataset.eval_num_frames = 4
+    c.train.batch_size = 4
+    c.train.num_steps = 4
+    c.train.log_every_steps = 2
+    c.train.checkpoint_every_steps = 2
+    c.eval.every_steps = 4
+    c.eval.batch_size = 2
+    c.eval.steps = 2
+    c.eval.steps_later = 1
+    c.eval.num_visualizations = 1
+  return c
