@@ -48,7 +48,9 @@ def get_config(arg=None):
   c.train.checkpoint_every_steps = 1000
   c.eval.batch_size = 2
   c.eval.every_steps = 5000
-  c.eval.steps = 100
+  c.eval.steps = 100                     # DDIM steps of the first frame (SPEC §4.6)
+  c.eval.steps_later = 100               # DDIM steps of every later frame
+  c.eval.use_gt_cond = False             # condition on ground truth instead of own predictions
   c.eval.td = 0.0
   if args.runlocal:
     coco_panoptic.small_model(c)
@@ -61,6 +63,7 @@ def get_config(arg=None):
     c.train.checkpoint_every_steps = 2
     c.eval.batch_size = 1
     c.eval.steps = 2
+    c.eval.steps_later = 2
     c.eval.every_steps = 2
     c.eval.num_visualizations = 1
   return c

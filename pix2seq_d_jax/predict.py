@@ -90,7 +90,7 @@ def sample(variables: dict, images: jax.Array, example_ids: jax.Array, rng: jax.
   return bits_lib.analog_bits_to_map(x0, 2, limits)
 
 
-def _nearest_index(out_len: int, valid_len: jax.Array, src_len: jax.Array) -> jax.Array:
+def nearest_index(out_len: int, valid_len: jax.Array, src_len: jax.Array) -> jax.Array:
   """Half-pixel-centre nearest source index for each of `out_len` outputs of a resize
   src_len -> valid_len (outputs past valid_len are clamped; they are masked later)."""
   pos = (jnp.arange(out_len, dtype=jnp.float32) + 0.5) * src_len / valid_len
@@ -99,7 +99,7 @@ def _nearest_index(out_len: int, valid_len: jax.Array, src_len: jax.Array) -> ja
 
 def postprocess(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array, *,
                 image_size: tuple[int, int], out_size: tuple[int, int], num_classes: int,
-                max_instances: int, min_pixels: int):
+                max_instances: int, min_pixels: int, clear_void_ids: bool = True):
   """Mask-resolution predictions -> class and instance maps at the original image size (SPEC §6).
 
   Nearest resize mask -> image size, crop the unpadded region, nearest resize to the original
@@ -111,6 +111,9 @@ def postprocess(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array
     orig_size: int32 [B, 2] original (height, width) of each image.
     unpadded_size: int32 [B, 2] size of the resized image inside the model's canvas.
     image_size: the model's (H, W); out_size: static (Ho, Wo) >= every orig_size.
+    min_pixels: ids with fewer pixels become void (0 disables the rule).
+    clear_void_ids: set id := 0 where the voted class is void (images); video keeps the
+      predicted ids, which the tracking metrics score.
 
   Returns:
     (class_map, id_map) int32 [B, Ho, Wo]; pixels beyond orig_size are 0.
@@ -121,10 +124,10 @@ def postprocess(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array
   def one(m, orig, unpad):
     oh, ow = orig[0], orig[1]
     # Two nearest resizes as the reference: original -> canvas, canvas -> mask grid.
-    yi = _nearest_index(out_size[0], oh, unpad[0])
-    xi = _nearest_index(out_size[1], ow, unpad[1])
-    ym = _nearest_index(big_h, big_h, h)[yi]
-    xm = _nearest_index(big_w, big_w, w)[xi]
+    yi = nearest_index(out_size[0], oh, unpad[0])
+    xi = nearest_index(out_size[1], ow, unpad[1])
+    ym = nearest_index(big_h, big_h, h)[yi]
+    xm = nearest_index(big_w, big_w, w)[xi]
     cls = m[ym][:, xm, 0]
     ids = m[ym][:, xm, 1]
     valid = ((jnp.arange(out_size[0]) < oh)[:, None] & (jnp.arange(out_size[1]) < ow)[None, :])
@@ -132,9 +135,10 @@ def postprocess(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array
         (ids * num_classes + cls).reshape(-1)].add(valid.reshape(-1).astype(jnp.int32))
     hist = hist.reshape(max_instances, num_classes)
     voted = jnp.argmax(hist, axis=1).astype(jnp.int32)
-    voted = jnp.where(hist.sum(axis=1) < min_pixels, 0, voted)
+    if min_pixels > 0:
+      voted = jnp.where(hist.sum(axis=1) < min_pixels, 0, voted)
     cls = jnp.where(valid, voted[ids], 0)
-    ids = jnp.where(cls == 0, 0, ids)
+    ids = jnp.where(cls == 0, 0, ids) if clear_void_ids else jnp.where(valid, ids, 0)
     return cls, ids
 
   return jax.vmap(one)(masks, orig_size, unpadded_size)
@@ -147,6 +151,7 @@ def fit_size(size: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, i
           min(max(int(round(size[1] * scale)), 1), image_size[1]))
 
 
+@functools.partial(jax.jit, static_argnames=('image_size',))
 def preprocess_images(images: jax.Array, image_size: tuple[int, int]) -> jax.Array:
   """uint8 [B, H0, W0, 3] -> float32 [B, H, W, 3] resized to fit (bilinear, antialiased) and
   padded with 0.3 at the bottom/right, as the evaluation pipeline does."""
@@ -220,7 +225,7 @@ class Predictor:
     image_size = tuple(self.config.model.image_size)
     # Resizing and post-processing compile per input size (cheap); the sampler only per
     # canvas batch shape, so images of new sizes do not recompile the model.
-    canvas = _preprocess_jit(jnp.asarray(images), image_size)
+    canvas = preprocess_images(jnp.asarray(images), image_size)
     unpad = fit_size(images.shape[1:3], image_size)
     masks = self._sample_fn(steps, decode)(
         self.variables, canvas, jnp.asarray(example_ids, jnp.int32), jax.random.PRNGKey(seed),
@@ -235,5 +240,4 @@ class Predictor:
 
 
 _postprocess_jit = jax.jit(postprocess, static_argnames=(
-    'image_size', 'out_size', 'num_classes', 'max_instances', 'min_pixels'))
-_preprocess_jit = jax.jit(preprocess_images, static_argnames=('image_size',))
+    'image_size', 'out_size', 'num_classes', 'max_instances', 'min_pixels', 'clear_void_ids'))

@@ -161,40 +161,15 @@ def postprocess_frames(masks: jax.Array, orig_size: jax.Array, unpadded_size: ja
                        num_classes: int, max_instances: int) -> tuple[jax.Array, jax.Array]:
   """Mask-resolution predictions of single frames -> class and id maps at the original size.
 
-  The same two nearest resizes as `predict.postprocess` (mask -> canvas, unpadded canvas ->
-  original size). Then, per frame, each id takes the majority class of its pixels (ties: the
-  smaller class), so an instance has one class. Unlike images (SPEC §6) ids are kept as
-  predicted, whatever their class, and no id is dropped for its size: video ids are what the
-  tracking metrics score (the reference applies no vote to video, SPEC §6, and labels DAVIS
-  objects with class 0, which the image rule would erase).
-
-  Args:
-    masks: int32 [B, h, w, 2].
-    orig_size, unpadded_size: int32 [B, 2] (see `predict.postprocess`).
-    image_size: the model's (H, W); out_size: static (Ho, Wo) >= every orig_size.
-    num_classes, max_instances: value bounds of the two channels.
-
-  Returns:
-    (class_map, id_map) int32 [B, Ho, Wo]; pixels beyond orig_size are 0.
+  `predict.postprocess` without the image-only rules: each id takes the majority class of its
+  pixels (ties: the smaller class), but ids are kept as predicted whatever their class, and no id
+  is dropped for its size. Video ids are what the tracking metrics score (the reference applies
+  no vote to video, SPEC §6, and labels DAVIS objects with class 0, which the image rule would
+  erase).
   """
-  h, w = masks.shape[1:3]
-  big_h, big_w = image_size
-
-  def one(m, orig, unpad):
-    yi = predict._nearest_index(out_size[0], orig[0], unpad[0])  # pylint: disable=protected-access
-    xi = predict._nearest_index(out_size[1], orig[1], unpad[1])  # pylint: disable=protected-access
-    ym = predict._nearest_index(big_h, big_h, h)[yi]  # pylint: disable=protected-access
-    xm = predict._nearest_index(big_w, big_w, w)[xi]  # pylint: disable=protected-access
-    cls = m[ym][:, xm, 0]
-    ids = m[ym][:, xm, 1]
-    valid = ((jnp.arange(out_size[0]) < orig[0])[:, None] &
-             (jnp.arange(out_size[1]) < orig[1])[None, :])
-    hist = jnp.zeros((max_instances * num_classes,), jnp.int32).at[
-        (ids * num_classes + cls).reshape(-1)].add(valid.reshape(-1).astype(jnp.int32))
-    voted = jnp.argmax(hist.reshape(max_instances, num_classes), axis=1).astype(jnp.int32)
-    return jnp.where(valid, voted[ids], 0), jnp.where(valid, ids, 0)
-
-  return jax.vmap(one)(masks, orig_size, unpadded_size)
+  return predict.postprocess(masks, orig_size, unpadded_size, image_size=image_size,
+                             out_size=out_size, num_classes=num_classes,
+                             max_instances=max_instances, min_pixels=0, clear_void_ids=False)
 
 
 def label_to_mask_grid(labels: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array, *,
@@ -219,10 +194,10 @@ def label_to_mask_grid(labels: jax.Array, orig_size: jax.Array, unpadded_size: j
 
   def one(label, orig, unpad):
     # Mask cell -> canvas pixel -> original pixel (only meaningful inside the unpadded canvas).
-    yc = predict._nearest_index(h, h, big_h)  # pylint: disable=protected-access
-    xc = predict._nearest_index(w, w, big_w)  # pylint: disable=protected-access
-    yo = predict._nearest_index(big_h, unpad[0], orig[0])[yc]  # pylint: disable=protected-access
-    xo = predict._nearest_index(big_w, unpad[1], orig[1])[xc]  # pylint: disable=protected-access
+    yc = predict.nearest_index(h, h, big_h)
+    xc = predict.nearest_index(w, w, big_w)
+    yo = predict.nearest_index(big_h, unpad[0], orig[0])[yc]
+    xo = predict.nearest_index(big_w, unpad[1], orig[1])[xc]
     grid = label[:, yo][:, :, xo].astype(jnp.int32)
     valid = (yc < unpad[0])[:, None] & (xc < unpad[1])[None, :]
     keep = valid[None] & (grid[..., 2] == 0)
@@ -236,7 +211,7 @@ def label_to_mask_grid(labels: jax.Array, orig_size: jax.Array, unpadded_size: j
 def _preprocess_frames(frames: np.ndarray, image_size: tuple[int, int]) -> jax.Array:
   """uint8 [b, T, H0, W0, 3] -> float32 canvases [b, T, H, W, 3] (see predict.preprocess_images)."""
   b, t = frames.shape[:2]
-  canvas = predict._preprocess_jit(  # pylint: disable=protected-access
+  canvas = predict.preprocess_images(
       jnp.asarray(frames.reshape(b * t, *frames.shape[2:])), image_size)
   return canvas.reshape(b, t, *canvas.shape[1:])
 
@@ -383,7 +358,7 @@ class VideoPredictor:
     if frame.shape[0] != s['batch']:
       raise ValueError(f'VideoPredictor.step: frame holds {frame.shape[0]} streams but start() '
                        f'began {s["batch"]}; call start(batch={frame.shape[0]}) to restart.')
-    canvas = predict._preprocess_jit(  # pylint: disable=protected-access
+    canvas = predict.preprocess_images(
         jnp.asarray(frame), self.image_size)
     masks, s['history'] = s['fn'](self.variables, canvas, s['history'],
                                   jnp.int32(s['index']), s['ids'], s['rng'], s['td'])

@@ -41,7 +41,7 @@ def make_panoptic_fn(config, model, mesh):
   return run
 
 
-def _gather(x):
+def gather(x):
   if jax.process_count() == 1:
     return np.asarray(x)
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -79,7 +79,7 @@ def evaluate_panoptic(config, variables, source, model, mesh, out_dir, *, step: 
     cls, ids = fn(variables, batch['image'], batch['id'].astype(jnp.int32), batch['orig_size'],
                   batch['unpadded_size'], rng, jnp.float32(td), steps=steps, decode=decode)
     # Every process takes part in the gathers; only process 0 uses the result.
-    host = {k: _gather(v) for k, v in (('class', cls), ('id_map', ids),
+    host = {k: gather(v) for k, v in (('class', cls), ('id_map', ids),
                                        ('label', batch['label_orig']), ('id', batch['id']),
                                        ('orig_size', batch['orig_size']),
                                        ('unpadded_size', batch['unpadded_size']),
@@ -113,7 +113,7 @@ def evaluate_panoptic(config, variables, source, model, mesh, out_dir, *, step: 
   (out_dir / 'vis').mkdir(parents=True, exist_ok=True)
   for k, panel in enumerate(panels):
     visualize.save_png(out_dir / 'vis' / f'{k:03d}.png', panel)
-  _write_json(out_dir / 'metrics.json', metrics)
+  write_json(out_dir / 'metrics.json', metrics)
   logging.info('eval step %d (%d images, N=%d, td=%g, %s): PQ %.2f | things %.2f | stuff %.2f',
                step, evaluator.num_images, steps, td, decode, metrics['PQ'], metrics['PQ_th'],
                metrics['PQ_st'])
@@ -132,7 +132,7 @@ def original_image(canvas: np.ndarray, unpadded, orig) -> np.ndarray:
   return (np.clip(crop[yi][:, xi], 0, 1) * 255).round().astype(np.uint8)
 
 
-def _write_json(path: pathlib.Path, obj) -> None:
+def write_json(path: pathlib.Path, obj) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix('.tmp')
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))

@@ -222,7 +222,7 @@ def evaluate_video(config, variables, source, model, mesh, out_dir, *, step: int
              ('valid', batch['valid']), ('num_frames', batch['num_frames'])]
     if index * e.batch_size < e.num_visualizations:
       parts.append(('image', batch['image']))
-    host = {k: run_lib._gather(v) for k, v in parts}  # pylint: disable=protected-access
+    host = {k: run_lib.gather(v) for k, v in parts}
     if not main:
       continue
     for j in np.flatnonzero(host['valid']):
@@ -259,7 +259,7 @@ def evaluate_video(config, variables, source, model, mesh, out_dir, *, step: int
   metrics.update({'step': step, 'sampling_steps': steps, 'sampling_steps_later': steps_later,
                   'td': float(td), 'decode': decode, 'use_gt_cond': use_gt_cond,
                   'num_sequences': len(names), 'eval_seconds': round(elapsed, 2)})
-  run_lib._write_json(out_dir / 'metrics.json', metrics)  # pylint: disable=protected-access
+  run_lib.write_json(out_dir / 'metrics.json', metrics)
   if metrics['J&F'] is not None:
     logging.info('eval step %d (%d clips, %d objects, N=%d/%d, td=%g, %s%s): J&F %.2f | '
                  'J %.2f | F %.2f', step, len(names), metrics['num_objects'], steps,
