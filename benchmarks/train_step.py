@@ -5,8 +5,9 @@
 
 Runs the jitted, sharded train step on random data of the config's shapes (the same function
 and shardings as training) and reports compile time, the median step time, examples per second,
-XLA's FLOP estimate, model FLOP utilisation against --peak_tflops when given, and per-device
-memory (live buffers after the steps, and the compiled program's temporary allocation).
+XLA's FLOP estimate (per step and per device), model FLOP utilisation against --peak_tflops when
+given, and per-device memory (live state buffers after the steps; the compiled program's
+arguments, temporaries and peak).
 """
 
 import argparse
@@ -85,20 +86,34 @@ def main():
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times)
-  flops = float(cost.get('flops', float('nan')))
+  # XLA's cost and memory analyses of a program partitioned over several devices describe the
+  # program of one device (a data-parallel matmul on 8 devices reports 1/8 of its FLOPs), so
+  # the step's total is the per-device figure times the device count.
+  flops_per_device = float(cost.get('flops', float('nan')))
+  flops = flops_per_device * jax.device_count()
+  state_bytes = _bytes_per_device(state)
+  mem = {k: getattr(memory, f'{k}_size_in_bytes', None)
+         for k in ('argument', 'output', 'alias', 'temp')}
   out = {
       'config': args.config, 'overrides': args.overrides, 'batch': bsz,
       'device': str(jax.devices()[0].device_kind), 'num_devices': jax.device_count(),
       'mesh': dict(mesh.shape), 'compile_s': round(compile_s, 2),
       'step_s': round(step_s, 4), 'examples_per_s': round(bsz / step_s, 2),
       'gflops_per_step': round(flops / 1e9, 2),
-      'achieved_tflops_per_device': round(flops / step_s / jax.device_count() / 1e12, 4),
-      'state_bytes_per_device': _bytes_per_device(state),
-      'temp_bytes_per_device': getattr(memory, 'temp_size_in_bytes', None),
+      'gflops_per_step_per_device': round(flops_per_device / 1e9, 2),
+      'achieved_tflops_per_device': round(flops_per_device / step_s / 1e12, 4),
+      'state_bytes_per_device': state_bytes,
+      'state_bytes_max_per_device': max(state_bytes.values()),
+      'argument_bytes_per_device': mem['argument'],
+      'temp_bytes_per_device': mem['temp'],
+      # Arguments (state + batch) + outputs + temporaries, less the donated state the outputs
+      # reuse: the compiled step's peak on one device.
+      'peak_bytes_per_device': (None if None in mem.values() else
+                                mem['argument'] + mem['output'] - mem['alias'] + mem['temp']),
       'loss': float(metrics['loss']),
   }
   if args.peak_tflops:
-    out['mfu'] = round(flops / step_s / jax.device_count() / (args.peak_tflops * 1e12), 4)
+    out['mfu'] = round(flops_per_device / step_s / (args.peak_tflops * 1e12), 4)
   print(json.dumps(out, indent=2))
 
 

@@ -60,6 +60,16 @@ def state_shardings(abstract_state, mesh: Mesh):
   return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp)), abstract_state)
 
 
+def _axis_names(spec: P) -> set:
+  """Mesh axis names a PartitionSpec uses. (A PartitionSpec is a pytree leaf, not a tuple, in
+  this jax version: `jax.tree.leaves(spec)` is `[spec]`, so look inside its entries.)"""
+  names = set()
+  for entry in spec:
+    names.update(entry if isinstance(entry, tuple) else (entry,))
+  names.discard(None)
+  return names
+
+
 def check_sharded(shardings, abstract_state, mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> None:
   """Raises if fsdp > 1 and a large tensor with an evenly divisible dimension is replicated."""
   fsdp = mesh.shape['fsdp']
@@ -69,7 +79,7 @@ def check_sharded(shardings, abstract_state, mesh: Mesh, min_size: int = FSDP_MI
   shard_leaves = jax.tree.leaves(shardings)
   for (path, x), s in zip(flat, shard_leaves):
     big = int(np.prod(x.shape, dtype=np.int64)) >= min_size
-    if big and any(d % fsdp == 0 for d in x.shape) and 'fsdp' not in jax.tree.leaves(s.spec):
+    if big and any(d % fsdp == 0 for d in x.shape) and 'fsdp' not in _axis_names(s.spec):
       raise AssertionError(f'{jax.tree_util.keystr(path)} {x.shape} is replicated on an '
                            f'fsdp={fsdp} mesh; the partition rules should shard it.')
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import sharding
@@ -50,18 +51,45 @@ def abstract_state(config: ml_collections.ConfigDict, total_steps: int = 1, warm
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop polls, so it can checkpoint before exiting."""
+  """Turns SIGTERM into a stop the loop polls (`should_stop(step)`), so it can checkpoint before
+  exiting.
+
+  One process: a Python handler sets a flag. Several processes: they may get the signal at
+  different steps, or only some of them do, and a process-local flag would make one process save
+  while the others train on (mismatched collectives: a hang until the job is killed). There jax's
+  preemption service, started by `jax.distributed.initialize`, catches SIGTERM itself (a Python
+  handler would replace its handler), propagates the notice and names one step at which every
+  process stops: `multihost_utils.reached_preemption_sync_point`.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multiprocess = jax.process_count() > 1
+    self._warned = False
 
   def __enter__(self):
+    if self._multiprocess:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread (e.g. inside a notebook worker).
       self._previous = None
     return self
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to checkpoint and exit after `step`; call it once per step, on every process."""
+    if self._multiprocess:
+      try:
+        self.requested = multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError as e:  # jax_enable_preemption_service=False: no SIGTERM stops.
+        if not self._warned:
+          logging.warning('SIGTERM will not checkpoint: %s', e)
+          self._warned = True
+        return False
+      if self.requested:
+        logging.warning('Preemption notice: every process stops at step %d.', step)
+    return self.requested
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -71,6 +99,26 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+class _FinishSavesOnError:
+  """Lets an asynchronous checkpoint save in flight finish when an exception leaves the loop
+  (divergence, unreadable input, Ctrl-C). Otherwise the process ends mid-write, orbax leaves only
+  a `<step>.orbax-checkpoint-tmp` folder, and the last good checkpoint is lost."""
+
+  def __init__(self, manager):
+    self.manager = manager
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is not None:
+      try:
+        self.manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except  # Keep the original error.
+        logging.exception('Finishing the checkpoint in flight failed.')
+    return False
 
 
 def _format_duration(seconds: float) -> str:
@@ -209,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   window_start = time.time()
   first_in_window = start
   run_start, steps_timed = None, 0
-  with _Preemption() as preemption:
+  with _Preemption() as preemption, _FinishSavesOnError(trainer.manager):
     for step in range(start, total):
       local = next(batches)
       pipeline.log_dropped(step, local.pop('dropped_segments'), dropped_total)
@@ -219,7 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       window.append(metrics)
       done = step + 1
       last = done == total
-      if done % t.log_every_steps == 0 or last or preemption.requested:
+      stop = preemption.should_stop(done)
+      if done % t.log_every_steps == 0 or last or stop:
         window = jax.device_get(window)
         _check_finite(window, first_in_window)
         now = time.time()
@@ -240,11 +289,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      done, total, avg['loss'], f'({parts}) ' if parts else '', avg['lr'], rate,
                      rate * t.batch_size, _format_duration((total - done) / max(steady, 1e-9)))
         window, window_start, first_in_window = [], now, done
-      if done % t.checkpoint_every_steps == 0 or last or preemption.requested:
+      if done % t.checkpoint_every_steps == 0 or last or stop:
         if window:
           _check_finite(jax.device_get(window), first_in_window)
-        trainer.save(state, force=preemption.requested)
-      if preemption.requested:
+        trainer.save(state, force=stop)
+      if stop:
         trainer.manager.wait_until_finished()
         logging.warning('Checkpoint of step %d written; exiting after SIGTERM.', done)
         writer.close()

@@ -1,0 +1,168 @@
+"""Per-device memory of the train state on large meshes, from shapes and the partition rules;
+prints one JSON object.
+
+  python benchmarks/memory_plan.py [--config=configs/coco_panoptic.py] [--activations]
+      [--batch_per_device=1]
+
+The state (params, BatchNorm statistics, their EMA, AdamW moments, step, rng) comes from
+`jax.eval_shape` of the real initialisation, its shardings from `sharding.state_shardings` on a
+`jax.sharding.AbstractMesh` of the target's size (no devices needed), and the bytes per device
+from each leaf's shard shape. Nothing is allocated.
+
+Targets (one JAX device per chip or GPU):
+  tpu_v4_32:  a TPU v4-32 slice is 16 v4 chips (32 TensorCores; each chip is one megacore JAX
+              device), 32 GiB HBM per chip, 4 hosts x 4 chips.
+  h100_x8:    one host with 8 NVIDIA H100 80 GB.
+
+--activations also compiles the train step on this machine's CPU (one device, float32, batch
+--batch_per_device and twice that) and reports XLA's temporary allocation, i.e. activations
+and workspace per device, from `compiled.memory_analysis()`. That is an estimate for an
+accelerator: TPU and GPU programs fuse, tile and pad differently (TPU pads minor dimensions to
+128), bfloat16 compute (config.model.dtype) roughly halves activations, and the all-gathered
+parameter buffers of an fsdp mesh are not included. Without the flag it is not computed (the
+paper model's train step at 1024x1024 takes minutes to compile on a CPU).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+from jax.sharding import AbstractMesh
+
+from pix2seq_d_jax import config_lib
+from pix2seq_d_jax import sharding
+from pix2seq_d_jax import train
+
+GIB = 2**30
+TARGETS = {
+    'tpu_v4_32': {'devices': 16, 'hbm_bytes': 32 * GIB,
+                  'meshes': ((('data', 16), ('fsdp', 1)), (('data', 4), ('fsdp', 4)),
+                             (('data', 1), ('fsdp', 16)))},
+    'h100_x8': {'devices': 8, 'hbm_bytes': 80 * 10**9,
+                'meshes': ((('data', 8), ('fsdp', 1)), (('data', 1), ('fsdp', 8)))},
+}
+GROUPS = ('params', 'batch_stats', 'ema_params', 'ema_batch_stats', 'opt_state', 'step', 'rng')
+
+
+def _nbytes(shape, dtype) -> int:
+  return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def state_plan(abstract, mesh_config) -> dict:
+  """Bytes per device of each part of the state on an abstract mesh of `mesh_config`."""
+  sizes = tuple(size for _, size in mesh_config)
+  mesh = AbstractMesh(sizes, tuple(name for name, _ in mesh_config))
+  shardings = sharding.state_shardings(abstract, mesh)
+  sharding.check_sharded(shardings, abstract, mesh)
+  per_group = {}
+  sharded_leaves = total_leaves = 0
+  largest_replicated = (0, '')
+  for group in GROUPS:
+    leaves = jax.tree_util.tree_flatten_with_path(getattr(abstract, group))[0]
+    group_shardings = jax.tree.leaves(getattr(shardings, group))
+    device_bytes = full_bytes = 0
+    for (path, x), s in zip(leaves, group_shardings):
+      shard = _nbytes(s.shard_shape(x.shape), x.dtype)
+      full = _nbytes(x.shape, x.dtype)
+      device_bytes += shard
+      full_bytes += full
+      total_leaves += 1
+      if shard < full:
+        sharded_leaves += 1
+      elif group == 'params' and full > largest_replicated[0]:
+        largest_replicated = (full, jax.tree_util.keystr(path) + f' {tuple(x.shape)}')
+    per_group[group] = {'per_device_bytes': device_bytes, 'unsharded_bytes': full_bytes}
+  total = sum(g['per_device_bytes'] for g in per_group.values())
+  return {'mesh': dict(mesh_config), 'per_device_bytes': total,
+          'per_device_gib': round(total / GIB, 3),
+          'parts_per_device_mib': {k: round(v['per_device_bytes'] / 2**20, 1)
+                                   for k, v in per_group.items()},
+          'sharded_leaves': sharded_leaves, 'leaves': total_leaves,
+          'largest_replicated_param': {'name': largest_replicated[1],
+                                       'mib': round(largest_replicated[0] / 2**20, 2)}}
+
+
+def activation_estimate(config_spec: str, overrides, batch: int) -> dict:
+  """XLA:CPU temporary bytes of the 1-device train step at batch `batch` and `2 * batch`."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from pix2seq_d_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  from pix2seq_d_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
+  out = {}
+  for b in (batch, 2 * batch):
+    config = config_lib.load_config(config_spec, list(overrides) + [f'train.batch_size={b}'])
+    model = pix2seq_d.build_model(config)
+    tx, schedule = state_lib.make_optimizer(config, 1000, 0)
+    abstract = train.abstract_state(config, 1000, 0)
+    m = config.model
+    batch_shapes = {'image': jax.ShapeDtypeStruct((b, *m.image_size, 3), np.float32),
+                    'masks': jax.ShapeDtypeStruct((b, *m.mask_size, 2), np.int32)}
+    if m.num_cond_frames:
+      batch_shapes['cond_masks'] = jax.ShapeDtypeStruct(
+          (b, m.num_cond_frames, *m.mask_size, 2), np.int32)
+    step = functools.partial(train_step_lib.train_step, model=model, tx=tx,
+                             lr_schedule=schedule,
+                             settings=train_step_lib.StepSettings.from_config(config))
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(abstract, batch_shapes).compile()
+    memory = compiled.memory_analysis()
+    out[b] = {'temp_bytes': int(memory.temp_size_in_bytes),
+              'argument_bytes': int(memory.argument_size_in_bytes),
+              'compile_s': round(time.perf_counter() - start, 1)}
+  per_example = (out[2 * batch]['temp_bytes'] - out[batch]['temp_bytes']) / batch
+  return {'what': 'XLA:CPU temp allocation (activations + workspace) of the 1-device float32 '
+                  'train step, no rematerialisation; an estimate for TPU/GPU, see the module '
+                  'docstring',
+          'by_batch': {str(k): v for k, v in out.items()},
+          'per_example_gib': round(per_example / GIB, 2)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='configs/coco_panoptic.py')
+  parser.add_argument('--activations', action='store_true',
+                      help='also compile the train step on CPU for an activation estimate')
+  parser.add_argument('--batch_per_device', type=int, default=1)
+  parser.add_argument('overrides', nargs='*', help='key=value config overrides')
+  args = parser.parse_args()
+  config = config_lib.load_config(args.config, args.overrides)
+  abstract = train.abstract_state(config)
+  params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params)))
+  out = {'config': args.config, 'overrides': args.overrides, 'params': params,
+         'state_bytes_unsharded': int(sum(_nbytes(x.shape, x.dtype)
+                                          for x in jax.tree.leaves(abstract))),
+         'fsdp_min_size': sharding.FSDP_MIN_SIZE, 'targets': {}}
+  activations = None
+  if args.activations:
+    activations = activation_estimate(args.config, args.overrides, args.batch_per_device)
+    out['activations'] = activations
+  else:
+    out['activations'] = 'not computed (pass --activations; minutes of CPU compile)'
+  for name, target in TARGETS.items():
+    plans = []
+    for mesh_config in target['meshes']:
+      plan = state_plan(abstract, mesh_config)
+      plan['fraction_of_hbm'] = round(plan['per_device_bytes'] / target['hbm_bytes'], 4)
+      if activations is not None:
+        b = args.batch_per_device
+        temp = activations['by_batch'][str(b)]['temp_bytes']
+        plan[f'state_plus_activations_gib_at_batch_{b}_per_device'] = round(
+            (plan['per_device_bytes'] + temp) / GIB, 3)
+      plans.append(plan)
+    out['targets'][name] = {
+        'devices': target['devices'], 'hbm_gib_per_device': round(target['hbm_bytes'] / GIB, 1),
+        # The config's global batch per device (coco_panoptic.py: 16 at stage=high, the
+        # default; 512 at :stage=low).
+        'config_batch_per_device': config.train.batch_size / target['devices'],
+        'plans': plans}
+  print(json.dumps(out, indent=2))
+
+
+if __name__ == '__main__':
+  main()
