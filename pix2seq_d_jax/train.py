@@ -264,6 +264,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       local.pop('id')
       batch = sharding.global_batch(local, trainer.mesh)
       state, metrics = step_fn(state, batch)
+      if window:
+        # Keep at most one step queued behind the running one: the device stays busy, while
+        # Python does not run ahead by a whole logging window (a SIGTERM then saves the step it
+        # arrived at, and the throughput and ETA are measured, not dispatched, steps).
+        jax.block_until_ready(window[-1]['loss'])
       window.append(metrics)
       done = step + 1
       last = done == total
