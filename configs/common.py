@@ -48,8 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'              # compute dtype; parameters stay float32
   c.model.conditioning = 'cat+attn'
   c.model.num_cond_frames = 0
-  c.model.backbone = ml_collections.ConfigDict({'depths': (3, 4, 6), 'width': 64,
-                                                'stem_pool': True})
+  c.model.backbone = ml_collections.ConfigDict({'depths': (3, 4, 6), 'width': 64})
   c.model.encoder = ml_collections.ConfigDict({
       'num_layers': 12, 'dim': 512, 'num_heads': 16, 'mlp_dim': 2048, 'dropout': 0.1,
       'drop_path': 0.1})

@@ -113,8 +113,7 @@ def build_model(config: ml_collections.ConfigDict) -> Pix2SeqD:
       head_impossible_bias=d.head_prior_bias, dtype=dtype)
   e = m.encoder
   return Pix2SeqD(
-      backbone=ResNetC4(depths=tuple(m.backbone.depths), width=m.backbone.width,
-                         stem_pool=m.backbone.stem_pool, dtype=dtype),
+      backbone=ResNetC4(depths=tuple(m.backbone.depths), width=m.backbone.width, dtype=dtype),
       encoder=ImageEncoder(num_layers=e.num_layers, dim=e.dim, num_heads=e.num_heads,
                            mlp_dim=e.mlp_dim, dropout=e.dropout, drop_path=e.drop_path,
                            dtype=dtype),

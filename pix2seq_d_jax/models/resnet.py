@@ -54,12 +54,9 @@ class ResNetC4(nn.Module):
   Attributes:
     depths: bottleneck blocks per stage (ResNet-50: 3, 4, 6).
     width: filters of the first stage (64); stage i uses width * 2^i, outputs 4x that.
-    stem_pool: the stem's 3x3 max-pool (the reference). False halves every stride (C2 at 2,
-      C3 at 4, C4 at 8): 4x the backbone work and encoder tokens, for tiny images.
   """
   depths: Sequence[int] = (3, 4, 6)
   width: int = 64
-  stem_pool: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -67,9 +64,7 @@ class ResNetC4(nn.Module):
     x = _conv(self.width, 7, 2, self.dtype, 'stem_conv')(images.astype(self.dtype))
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                      name='stem_bn')(x)
-    x = nn.relu(x)
-    if self.stem_pool:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+    x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding='SAME')
     outputs = []
     for stage, depth in enumerate(self.depths):
       for block in range(depth):
