@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.b = 0.1
+  c.diffusion.instance_b = 0.0           # scale of the instance-id bits; 0 = b (the paper)
   c.diffusion.train_schedule = 'cosine'
   c.diffusion.infer_schedule = 'cosine'
   c.diffusion.time_distribution = 'uniform'

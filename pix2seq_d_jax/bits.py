@@ -7,6 +7,7 @@ map becomes 16 bits [class bit0..bit7, id bit0..bit7]. Analog bits map {0, 1} to
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 BITS_PER_CHANNEL = 8
 
@@ -25,12 +26,38 @@ def bits_to_int(bits: jax.Array) -> jax.Array:
   return jnp.sum(bits.astype(jnp.int32) * weights, axis=-1)
 
 
-def map_to_analog_bits(m: jax.Array, b: float,
+Scale = float | tuple[float, ...]
+
+
+def bit_scales(b: Scale, num_channels: int, bits_per_channel: int = BITS_PER_CHANNEL):
+  """The analog scale of every bit: b itself for a float, else float32 [C * n].
+
+  b is a float (every channel, the reference) or one scale per mask channel, e.g.
+  (b_class, b_instance); channel c uses b[c % len(b)], so the stacked [class, id, class, id, ...]
+  channels of previous video frames get their channel's scale.
+  """
+  if not isinstance(b, (tuple, list)):
+    return b                    # a number (or a traced scalar) scales every bit
+  per_channel = [float(b[c % len(b)]) for c in range(num_channels)]
+  return jnp.asarray(np.repeat(per_channel, bits_per_channel), jnp.float32)
+
+
+def scale_from_config(b: float, instance_b: float) -> Scale:
+  """`config.diffusion.b` and `.instance_b` -> the Scale: b alone when instance_b is 0 (the
+  reference: one scale for all bits), else (b for the class bits, instance_b for the id bits)."""
+  if b <= 0 or instance_b < 0:
+    raise ValueError(f'config.diffusion.b={b} and instance_b={instance_b}: the analog bit scales '
+                     'must be positive (instance_b = 0 means "the same as b").')
+  return float(b) if instance_b in (0, b) else (float(b), float(instance_b))
+
+
+def map_to_analog_bits(m: jax.Array, b: Scale,
                        bits_per_channel: int = BITS_PER_CHANNEL) -> jax.Array:
-  """Panoptic map int [..., C] in [0, 2^bits) -> analog bits float32 [..., C * bits] in {-b, +b}."""
+  """Panoptic map int [..., C] in [0, 2^bits) -> analog bits float32 [..., C * bits] in {-b, +b}
+  (b per channel when a tuple, see `bit_scales`)."""
   bits = int_to_bits(m, bits_per_channel)                       # [..., C, n]
   bits = bits.reshape(*m.shape[:-1], m.shape[-1] * bits_per_channel)
-  return (2.0 * bits.astype(jnp.float32) - 1.0) * b
+  return (2.0 * bits.astype(jnp.float32) - 1.0) * bit_scales(b, m.shape[-1], bits_per_channel)
 
 
 def analog_bits_to_map(x: jax.Array, num_channels: int,
@@ -59,12 +86,12 @@ def bit_table(bits_per_group: int) -> jax.Array:
   return int_to_bits(jnp.arange(2**bits_per_group), bits_per_group).astype(jnp.float32)
 
 
-def expected_analog_bits(logits: jax.Array, b: float) -> jax.Array:
+def expected_analog_bits(logits: jax.Array, b: Scale) -> jax.Array:
   """Expected analog bits under grouped softmaxes (SPEC §3.3).
 
   Args:
     logits: float [..., G, 2^n]: one softmax over the 2^n values of each group of n bits.
-    b: analog bit scale.
+    b: analog bit scale (per group when a tuple, see `bit_scales`).
 
   Returns:
     float32 [..., G * n] in [-b, b]: (2 E[bit] - 1) b, groups in order, bits LSB first.
@@ -74,7 +101,7 @@ def expected_analog_bits(logits: jax.Array, b: float) -> jax.Array:
   p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   e = jnp.einsum('...gk,kn->...gn', p, bit_table(n))
   e = e.reshape(*logits.shape[:-2], logits.shape[-2] * n)
-  return (2.0 * e - 1.0) * b
+  return (2.0 * e - 1.0) * bit_scales(b, logits.shape[-2], n)
 
 
 def argmax_decode(logits: jax.Array, max_values: tuple[int, ...] | None = None) -> jax.Array:

@@ -25,7 +25,7 @@ DECODINGS = ('bits', 'argmax')
 @dataclasses.dataclass(frozen=True)
 class SampleSettings:
   """Static sampler settings read once from the config."""
-  b: float
+  b: bits_lib.Scale
   schedule: str
   loss: str
   num_classes: int
@@ -34,7 +34,9 @@ class SampleSettings:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'SampleSettings':
-    return cls(b=config.diffusion.b, schedule=config.diffusion.infer_schedule,
+    d = config.diffusion
+    return cls(b=bits_lib.scale_from_config(d.b, d.get('instance_b', 0.0)),
+               schedule=d.infer_schedule,
                loss=config.diffusion.loss, num_classes=config.dataset.num_classes,
                max_instances=config.dataset.max_instances,
                self_condition=config.diffusion.self_condition)
@@ -83,7 +85,7 @@ def sample(variables: dict, images: jax.Array, example_ids: jax.Array, rng: jax.
 
   carry = jnp.zeros_like(x_init) if s.self_condition else None
   x0, aux = diffusion.ddim_sample(denoise, x_init, steps=steps, td=td,
-                                  schedule=diffusion.get_schedule(s.schedule), x0_clip=s.b,
+                                  schedule=diffusion.get_schedule(s.schedule), x0_clip=bits_lib.bit_scales(s.b, 2),
                                   carry_init=carry)
   if decode == 'argmax':
     return aux

@@ -16,7 +16,7 @@ from pix2seq_d_jax.state import TrainState
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
   """What the train step needs from the config, read once (`from_config`)."""
-  b: float
+  b: bits_lib.Scale
   schedule: str
   time_distribution: str
   loss: str
@@ -30,14 +30,15 @@ class StepSettings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepSettings':
     d = config.diffusion
-    return cls(b=d.b, schedule=d.train_schedule, time_distribution=d.time_distribution,
+    return cls(b=bits_lib.scale_from_config(d.b, d.get('instance_b', 0.0)),
+               schedule=d.train_schedule, time_distribution=d.time_distribution,
                loss=d.loss, mask_weight_p=d.mask_weight_p,
                max_instances=config.dataset.max_instances, self_condition=d.self_condition,
                self_condition_rate=d.self_condition_rate, ema_decay=config.train.ema_decay,
                frames_dropout=config.dataset.get('frames_dropout', 0.0))
 
 
-def cond_bits(cond_masks: jax.Array, b: float) -> jax.Array:
+def cond_bits(cond_masks: jax.Array, b: bits_lib.Scale) -> jax.Array:
   """Previous frames' masks int [B, P, h, w, 2] -> analog bits [B, h, w, 16 P] (SPEC §1.4).
 
   Channel order: [class(t-P), id(t-P), ..., class(t-1), id(t-1)], 8 bits each.

@@ -103,8 +103,8 @@ def sample_frame(variables: dict, frame: jax.Array, history: jax.Array, frame_in
   def run(steps):
     carry = jnp.zeros_like(x_init) if s.self_condition else None
     x0, aux = diffusion.ddim_sample(denoise, x_init, steps=steps, td=td,
-                                    schedule=diffusion.get_schedule(s.schedule), x0_clip=s.b,
-                                    carry_init=carry)
+                                    schedule=diffusion.get_schedule(s.schedule),
+                                    x0_clip=bits_lib.bit_scales(s.b, 2), carry_init=carry)
     if decode == 'argmax':
       return aux
     return bits_lib.analog_bits_to_map(x0, 2, limits)

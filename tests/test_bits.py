@@ -144,3 +144,41 @@ def test_argmax_decoding_per_group_and_excluding_impossible_values():
   limited = bits.argmax_decode(jnp.asarray(logits), (9, 16))
   np.testing.assert_array_equal(np.asarray(limited[..., 0]), np.argmax(logits[..., 0, :9], -1))
   np.testing.assert_array_equal(np.asarray(limited[..., 1]), np.argmax(logits[..., 1, :16], -1))
+
+
+def test_per_channel_scales_apply_to_class_and_id_bits_and_repeat_over_frames():
+  """b = (b_class, b_instance) scales the class bits by b_class and the id bits by b_instance; the
+  stacked [class, id, class, id] channels of two video frames repeat the pair."""
+  m = np.array([[[5, 200]], [[0, 1]]], np.int32)                      # [2, 1, 2]
+  got = np.asarray(bits.map_to_analog_bits(jnp.asarray(m), (0.1, 0.5)))
+  want = np.concatenate([_np_analog(m[..., :1], 0.1), _np_analog(m[..., 1:], 0.5)], axis=-1)
+  np.testing.assert_array_equal(got, want)
+  two_frames = np.concatenate([m, m[::-1]], axis=-1)                  # [2, 1, 4]
+  got = np.asarray(bits.map_to_analog_bits(jnp.asarray(two_frames), (0.1, 0.5)))
+  np.testing.assert_array_equal(np.abs(got[..., :8]), np.float32(0.1))
+  np.testing.assert_array_equal(np.abs(got[..., 8:16]), np.float32(0.5))
+  np.testing.assert_array_equal(np.abs(got[..., 16:24]), np.float32(0.1))
+  np.testing.assert_array_equal(np.abs(got[..., 24:]), np.float32(0.5))
+  # A scalar and an equal pair give identical values.
+  np.testing.assert_array_equal(np.asarray(bits.map_to_analog_bits(jnp.asarray(m), 0.3)),
+                                np.asarray(bits.map_to_analog_bits(jnp.asarray(m), (0.3, 0.3))))
+
+
+def test_expected_bits_of_one_hot_with_per_channel_scales():
+  values = np.array([9, 77])
+  logits = np.full((2, 256), -1e9, np.float32)
+  logits[np.arange(2), values] = 0.0
+  got = np.asarray(bits.expected_analog_bits(jnp.asarray(logits), (0.1, 0.5)))
+  np.testing.assert_allclose(got, _np_analog_pair(values), atol=1e-7)
+
+
+def _np_analog_pair(values):
+  return np.concatenate([_np_analog(values[:1], 0.1), _np_analog(values[1:], 0.5)])
+
+
+def test_scale_from_config():
+  assert bits.scale_from_config(0.1, 0.0) == 0.1          # the reference: one scale
+  assert bits.scale_from_config(0.1, 0.1) == 0.1
+  assert bits.scale_from_config(0.1, 0.5) == (0.1, 0.5)
+  with pytest.raises(ValueError, match='instance_b'):
+    bits.scale_from_config(0.1, -1.0)
