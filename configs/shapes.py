@@ -54,17 +54,17 @@ def get_config(arg=None):
   c.model.decoder.transformer_mlp_dim = 128
 
   c.train.batch_size = 8
-  c.train.num_steps = 1600
+  c.train.num_steps = 1200
   c.train.learning_rate = 2e-3
   c.train.warmup_steps = 100
   c.train.end_lr_factor = 0.1
   c.train.weight_decay = 0.05
   c.train.ema_decay = 0.99
   c.train.log_every_steps = 50
-  c.train.checkpoint_every_steps = 400
+  c.train.checkpoint_every_steps = 600
 
   c.eval.batch_size = 64
-  c.eval.every_steps = 800
+  c.eval.every_steps = 600
   c.eval.steps = 20
   c.eval.td = 1.0
   c.eval.min_pixels = 8
@@ -73,7 +73,8 @@ def get_config(arg=None):
 
   if args.long:
     c.train.num_steps = 6000
-    c.eval.every_steps = 1000
+    c.train.checkpoint_every_steps = 1000
+    c.eval.every_steps = 2000
   if args.runlocal:
     c.dataset.num_train = 64
     c.dataset.num_eval = 8
