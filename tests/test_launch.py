@@ -418,12 +418,13 @@ while :; do sleep 0.05; done
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
   try:
-    deadline = time.monotonic() + 10
+    # Generous: on a loaded machine starting two fake workers through bash can take seconds.
+    deadline = time.monotonic() + 60
     while not all((log_dir / f'worker-{i}.log').exists() for i in range(2)):
       assert time.monotonic() < deadline and proc.poll() is None
       time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    _, stderr = proc.communicate(timeout=10)
+    _, stderr = proc.communicate(timeout=60)
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
