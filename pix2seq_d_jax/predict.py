@@ -35,11 +35,10 @@ class SampleSettings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'SampleSettings':
     d = config.diffusion
+    # .get: configs saved by workdirs before instance_b existed lack it.
     return cls(b=bits_lib.scale_from_config(d.b, d.get('instance_b', 0.0)),
-               schedule=d.infer_schedule,
-               loss=config.diffusion.loss, num_classes=config.dataset.num_classes,
-               max_instances=config.dataset.max_instances,
-               self_condition=config.diffusion.self_condition)
+               schedule=d.infer_schedule, loss=d.loss, num_classes=config.dataset.num_classes,
+               max_instances=config.dataset.max_instances, self_condition=d.self_condition)
 
 
 def initial_noise(rng: jax.Array, example_ids: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -85,7 +84,9 @@ def sample(variables: dict, images: jax.Array, example_ids: jax.Array, rng: jax.
 
   carry = jnp.zeros_like(x_init) if s.self_condition else None
   x0, aux = diffusion.ddim_sample(denoise, x_init, steps=steps, td=td,
-                                  schedule=diffusion.get_schedule(s.schedule), x0_clip=bits_lib.bit_scales(s.b, 2),
+                                  schedule=diffusion.get_schedule(s.schedule),
+                                  x0_clip=bits_lib.bit_scales(
+                                      s.b, x_init.shape[-1] // bits_lib.BITS_PER_CHANNEL),
                                   carry_init=carry)
   if decode == 'argmax':
     return aux

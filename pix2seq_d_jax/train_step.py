@@ -100,7 +100,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     return loss, (parts, updates['batch_stats'])
 
   (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   d = s.ema_decay

@@ -104,7 +104,9 @@ def sample_frame(variables: dict, frame: jax.Array, history: jax.Array, frame_in
     carry = jnp.zeros_like(x_init) if s.self_condition else None
     x0, aux = diffusion.ddim_sample(denoise, x_init, steps=steps, td=td,
                                     schedule=diffusion.get_schedule(s.schedule),
-                                    x0_clip=bits_lib.bit_scales(s.b, 2), carry_init=carry)
+                                    x0_clip=bits_lib.bit_scales(
+                                        s.b, x_init.shape[-1] // bits_lib.BITS_PER_CHANNEL),
+                                    carry_init=carry)
     if decode == 'argmax':
       return aux
     return bits_lib.analog_bits_to_map(x0, 2, limits)

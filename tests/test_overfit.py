@@ -3,8 +3,9 @@
 Training the real train step (bit corruption, softmax heads, AdamW, EMA) on four fixed images must
 halve the loss within a few hundred steps (it falls about 30x in 600), and the real sampler
 (encoder once, scan over DDIM steps, per-bit decoding, post-processing) must then reproduce those
-images' panoptic masks with PQ above 90 (it reached 100 with 1 and 10 steps, bits and argmax). This is the end-to-end check that gradients, the noise schedule, the sampler and the
-decoding agree with one another: a sign, scale or bit-order mistake in any of them breaks it.
+images' panoptic masks with PQ above 90 (it reached 100 with 1 and 10 steps, bits and argmax).
+This is the end-to-end check that gradients, the noise schedule, the sampler and the decoding
+agree with one another: a sign, scale or bit-order mistake in any of them breaks it.
 """
 
 import functools
