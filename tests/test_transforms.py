@@ -393,7 +393,30 @@ def test_order_ids_video_uses_one_permutation():
     assert len(set(mapping.values())) == 7
 
 
-@pytest.mark.parametrize('order', ['none', 'shuffle', 'random'])
+def test_raster_ids_number_segments_by_their_first_pixel():
+  ids = np.array([[0, 0, 9, 9, 9],
+                  [4, 4, 9, 0, 0],
+                  [4, 4, 2, 2, 0],
+                  [7, 7, 7, 7, 7]], np.int32)
+  masks = np.stack([ids % 5 + 1, ids], -1)
+  out = transforms.raster_ids(tf.constant(masks)).numpy()
+  expected = np.array([[0, 0, 1, 1, 1],
+                       [2, 2, 1, 0, 0],
+                       [2, 2, 3, 3, 0],
+                       [4, 4, 4, 4, 4]])
+  np.testing.assert_array_equal(out[..., 1], expected)
+  np.testing.assert_array_equal(out[..., 0], masks[..., 0])
+  # A clip is scanned frame after frame: one numbering for all frames.
+  clip = np.stack([masks, masks[::-1]])
+  out = transforms.raster_ids(tf.constant(clip)).numpy()
+  np.testing.assert_array_equal(out[0, ..., 1], expected)
+  np.testing.assert_array_equal(out[1, ..., 1], expected[::-1])
+  # The same segments in any other numbering get the same ids.
+  relabelled = np.stack([masks[..., 0], np.array([0, 30, 3, 3, 1, 3, 3, 2, 3, 40])[ids]], -1)
+  np.testing.assert_array_equal(transforms.raster_ids(tf.constant(relabelled)).numpy(), out[0])
+
+
+@pytest.mark.parametrize('order', ['none', 'shuffle', 'random', 'raster'])
 def test_order_ids_overflow_drops_the_smallest(order):
   # Segments 1..6 with 6, 5, 4, 1, 3, 2 pixels (+ void); K = 4 keeps the 3 largest: 1, 2, 3.
   sizes = {1: 6, 2: 5, 3: 4, 4: 1, 5: 3, 6: 2}
@@ -410,7 +433,7 @@ def test_order_ids_overflow_drops_the_smallest(order):
   np.testing.assert_array_equal(out[..., 0][kept], label[..., 0][kept])
   mapping = _id_mapping(label[kept][None], out[kept][None])
   assert sorted(mapping) == [1, 2, 3]
-  if order == 'none':
+  if order in ('none', 'raster'):
     assert mapping == {1: 1, 2: 2, 3: 3}
   else:
     assert sorted(mapping.values()) == [1, 2, 3]

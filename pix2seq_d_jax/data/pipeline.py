@@ -59,6 +59,8 @@ def _prepare_train(example, position, *, config, is_video):
       {'image': example['image'], 'label': label}, image_size=tuple(m.image_size),
       mask_size=tuple(m.mask_size), min_scale=d.min_scale, max_scale=d.max_scale,
       color_jitter_strength=d.color_jitter, flip_prob=d.flip_prob, seed=aug_seed)
+  if d.object_order == 'raster':
+    out['masks'] = transforms.raster_ids(out['masks'])
   batch = {'image': out['image'], 'masks': out['masks'], 'id': example['id'],
            'dropped_segments': dropped}
   if is_video:

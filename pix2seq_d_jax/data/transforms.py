@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-ORDERS = ('none', 'shuffle', 'random')
+ORDERS = ('none', 'shuffle', 'random', 'raster')
 PAD_IMAGE_VALUE = 0.3   # Decision 9: images are padded with 0.3, as the reference does
 PAD_LABEL_VALUE = 0     # padding is void (class 0, id 0)
 MAX_IDS = 256           # Decision 8: 8 bits per channel bound ids to < 256
@@ -132,10 +132,12 @@ def order_ids(label: tf.Tensor, *, order: str, max_instances: int,
     'shuffle': ids become a random permutation of 1..n' (n' = surviving segments).
     'random':  ids become n' distinct values of a random permutation of 1..K-1 (spread over the
                whole range, as the reference does for COCO).
+    'raster':  ids become 1..n' in ascending original id order here; the pipeline renumbers them
+               after the geometric augmentation with `raster_ids` (not a paper setting).
 
   Args:
     label: int [H, W, 2] or [T, H, W, 2] (class + 1, segment id), 0 = void; ids >= 0.
-    order: one of 'none', 'shuffle', 'random'.
+    order: one of 'none', 'shuffle', 'random', 'raster'.
     max_instances: K, 2..256; output ids are in 0..K-1.
     seed: int32/int64 [2].
 
@@ -187,6 +189,8 @@ def order_ids(label: tf.Tensor, *, order: str, max_instances: int,
                 f'{max_instances}; use order=\'shuffle\' or \'random\' to compact them')
     with tf.control_dependencies([check]):
       new_value = tf.identity(new_value)
+  elif order == 'raster':
+    new_value = compact
   else:
     n = num_kept if order == 'shuffle' else max_instances - 1
     perm = tf.random.experimental.stateless_shuffle(tf.range(1, n + 1, dtype=tf.int32),
@@ -203,6 +207,34 @@ def order_ids(label: tf.Tensor, *, order: str, max_instances: int,
   out = tf.stack([new_classes, new_ids], axis=-1)
   out.set_shape(static_shape)
   return out, tf.cast(num_dropped, tf.int32)
+
+
+def raster_ids(masks: tf.Tensor) -> tf.Tensor:
+  """Renumbers segment ids 1..n in the raster order of each segment's first pixel.
+
+  A canonical order (not the paper's: its ids are random, SPEC §1.2) that makes a pixel's id a
+  function of the image: the segment met first scanning rows top to bottom, each left to right,
+  gets id 1, the next 2, and so on. Over a clip [T, h, w, 2] the scan runs frame after frame, so
+  the ids stay consistent through time. Void (id 0) stays 0. Applied to training masks after the
+  crop and flip (the order depends on where segments land).
+
+  Args:
+    masks: int32 [.., h, w, 2] (class + 1, id), ids already in 0..K-1.
+
+  Returns:
+    int32, same shape; the class channel unchanged.
+  """
+  masks = tf.convert_to_tensor(masks)
+  ids = masks[..., 1]
+  # tf.unique lists values in order of first occurrence: the raster order of the flat scan.
+  uniq, idx = tf.unique(tf.reshape(ids, [-1]))
+  is_void = tf.cast(tf.equal(uniq, 0), tf.int32)
+  # Rank among non-void segments, 1-based; void keeps 0.
+  rank = (tf.cumsum(1 - is_void)) * (1 - is_void)
+  new_ids = tf.reshape(tf.gather(rank, idx), tf.shape(ids))
+  out = tf.stack([masks[..., 0], tf.cast(new_ids, masks.dtype)], axis=-1)
+  out.set_shape(masks.shape)
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
