@@ -103,4 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_visualizations = 8
 
   c.mesh = (('data', -1), ('fsdp', 1))   # -1: the remaining devices
+  # On a CPU-only host: split the CPU into this many XLA devices (0 = XLA's default of one), so
+  # the data-parallel halves of a batch run side by side. No effect on GPU or TPU devices.
+  c.cpu_devices = 0
   return c

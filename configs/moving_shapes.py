@@ -15,7 +15,10 @@ every frame on the model's own previous predictions, and reports the DAVIS-2017 
 J&F (stuff regions are background, thing instances are the objects; see
 pix2seq_d_jax/evaluation/run_video.py). It departs from the paper's recipe where configs/shapes.py
 does, for the same measured reasons: K = 8, prior head bias, argmax decoding, batch 8, the slimmer
-decoder.
+decoder, and `object_order='raster'`: training ids are numbered by each object's first appearance
+in the clip (scanning frames in order, rows top to bottom) instead of a random permutation, so the
+first frame's ids are a function of the image and later frames copy them from the condition (J&F
+40.4 vs 36.5 with random ids after 1,200 vs 1,600 steps, see README).
 
 Initialising from an image model (Decision 7; the new input channels start at zero):
   --config.train.init_from=runs/shapes
@@ -30,7 +33,7 @@ def get_config(arg=None):
   c.dataset.name = 'moving_shapes'
   c.dataset.num_classes = 9              # 8 categories + void
   c.dataset.max_instances = 8            # ids 1..7: a clip holds at most 7 segments (DAVIS: 16)
-  c.dataset.object_order = 'shuffle'     # one permutation of 1..n per clip (SPEC §1.2)
+  c.dataset.object_order = 'raster'      # ids by first appearance in the clip (paper: shuffle)
   c.dataset.data_seed = 0
   c.dataset.synthetic_size = 64
   c.dataset.num_frames = 3               # training window: 2 condition frames + the target
@@ -62,17 +65,17 @@ def get_config(arg=None):
   c.model.decoder.transformer_mlp_dim = 128
 
   c.train.batch_size = 8
-  c.train.num_steps = 1600
+  c.train.num_steps = 1200
   c.train.learning_rate = 2e-3
   c.train.warmup_steps = 100
   c.train.end_lr_factor = 0.1
   c.train.weight_decay = 0.05
   c.train.ema_decay = 0.99
   c.train.log_every_steps = 50
-  c.train.checkpoint_every_steps = 400
+  c.train.checkpoint_every_steps = 600
 
   c.eval.batch_size = 32
-  c.eval.every_steps = 800
+  c.eval.every_steps = 600
   c.eval.steps = 20                      # DDIM steps of the first frame of a clip
   c.eval.steps_later = 10                # DDIM steps of every later frame
   c.eval.use_gt_cond = False             # condition on ground truth instead of own predictions
@@ -80,8 +83,11 @@ def get_config(arg=None):
   c.eval.decode = 'argmax'
   c.eval.num_visualizations = 4          # clips drawn as frame strips (PNG) and GIFs
 
+  c.cpu_devices = 2                      # on a CPU-only host: two XLA devices, ~30 % faster
+
   if args.long:
-    c.train.num_steps = 6000
+    c.train.num_steps = 8000
+    c.train.checkpoint_every_steps = 1000
     c.eval.every_steps = 2000
   if args.runlocal:
     # A smoke test of the whole loop in well under a minute: a tiny model on 32x32 clips.
