@@ -354,3 +354,34 @@ def test_main_trains_and_evaluates_on_a_coco_folder(coco_folder, tmp_path):
     info = coco_format.index_segments(seg, ann['segments_info'], cat_ids, source='groundtruth',
                                       image=gt_folder.describe(ann))
     assert len(info[0]) == 1 + 2 + 3        # void, sky, road, three things (one a crowd)
+
+
+# ---------------------------------------------------------------------------------------------
+# object_order='raster' through the pipeline (after the crop and flip).
+
+
+def _first_appearance_order(ids: np.ndarray) -> list[int]:
+  seen = []
+  for v in ids.reshape(-1):
+    if v and v not in seen:
+      seen.append(int(v))
+  return seen
+
+
+@pytest.mark.parametrize('spec', ['shapes.py:runlocal', 'moving_shapes.py:runlocal'])
+def test_raster_order_numbers_training_ids_by_first_pixel(spec):
+  config = load(spec, ['dataset.object_order=raster', 'dataset.flip_prob=0.5'])
+  source = data.get_source(config.dataset)
+  for batch in batches(pipeline.train_dataset(config, source), 2):
+    masks = batch['masks']
+    if source.is_video:   # the condition frames come first in the scan, then the target
+      masks = np.concatenate([batch['cond_masks'], masks[:, None]], axis=1)
+    for example in masks:
+      order = _first_appearance_order(example[..., 1])
+      assert order == list(range(1, len(order) + 1)), order
+      assert len(order) >= 2
+  # The same batches with shuffled ids are not in that order (the check can fail).
+  config = load(spec, ['dataset.object_order=shuffle', 'dataset.flip_prob=0.5'])
+  masks = batches(pipeline.train_dataset(config, source), 1)[0]['masks']
+  orders = [_first_appearance_order(m[..., 1]) for m in masks]
+  assert any(o != list(range(1, len(o) + 1)) for o in orders)
