@@ -14,7 +14,14 @@ run on a laptop CPU. What differs from the paper's recipe, each measured on this
 - `eval.decode='argmax'`: the argmax of the last step's softmaxes instead of per-bit thresholds
   (an undertrained model's thresholded bits assemble values no hypothesis supports);
 - batch 8: on a CPU, twice the optimizer steps for the same images learned faster than batch 16;
-- a slimmer decoder (3 levels of one residual block, fpn_dim 32): 1.8x the steps per second.
+- a slimmer decoder (3 levels of one residual block, fpn_dim 32): 1.8x the steps per second;
+- `dataset.object_order='raster'`: training ids are numbered by each segment's first pixel in
+  raster order (after the crop and flip) instead of a random permutation of 1..K-1. With random
+  ids the id head must learn to pool the noisy id bits over an object before it can keep touching
+  things apart, and on this budget it does not (the id loss stays at ln 7); with raster ids a
+  pixel's id is a function of the image, learned like the classes (PQ 58.0 / Things 36.3 after
+  3,000 steps, against 37.7 / 21.7 at 2,000 and less later with random ids);
+- `cpu_devices=2`: two XLA CPU devices run the halves of each batch side by side (~30 % faster).
 """
 
 from configs import common
@@ -26,7 +33,7 @@ def get_config(arg=None):
   c.dataset.name = 'synthetic_shapes'
   c.dataset.num_classes = 9              # 8 categories + void
   c.dataset.max_instances = 8            # ids 1..7: at most 7 segments per image
-  c.dataset.object_order = 'random'
+  c.dataset.object_order = 'raster'      # paper: 'random' (see the docstring)
   c.dataset.data_seed = 0
   c.dataset.synthetic_size = 64
   c.dataset.num_train = 4096
@@ -54,17 +61,17 @@ def get_config(arg=None):
   c.model.decoder.transformer_mlp_dim = 128
 
   c.train.batch_size = 8
-  c.train.num_steps = 1200
+  c.train.num_steps = 1600
   c.train.learning_rate = 2e-3
   c.train.warmup_steps = 100
   c.train.end_lr_factor = 0.1
   c.train.weight_decay = 0.05
   c.train.ema_decay = 0.99
   c.train.log_every_steps = 50
-  c.train.checkpoint_every_steps = 600
+  c.train.checkpoint_every_steps = 800
 
   c.eval.batch_size = 64
-  c.eval.every_steps = 600
+  c.eval.every_steps = 800
   c.eval.steps = 20
   c.eval.td = 1.0
   c.eval.min_pixels = 8
@@ -74,8 +81,6 @@ def get_config(arg=None):
   c.cpu_devices = 2                      # on a CPU-only host: two XLA devices, ~30 % faster
 
   if args.long:
-    # Ids numbered in raster order (see the module docstring): random ids stop improving here.
-    c.dataset.object_order = 'raster'
     c.train.num_steps = 9000
     c.train.checkpoint_every_steps = 1000
     c.eval.every_steps = 3000

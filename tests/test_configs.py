@@ -297,6 +297,9 @@ def test_paper_settings_of_the_real_data_configs():
       0.2, 0.99, 1e-5)
   assert (vid.train.end_lr_factor, vid.train.batch_size, vid.train.num_steps) == (1.0, 32, 50_000)
   assert vid.dataset.object_order == 'shuffle'
+  # The shapes configs' departures (raster ids, a split CPU) stay out of the paper configs.
+  assert low.dataset.object_order == 'random' and city.dataset.object_order == 'shuffle'
+  assert low.cpu_devices == high.cpu_devices == city.cpu_devices == vid.cpu_devices == 0
 
 
 def _with_extra(spec: str, section: str, key: str, value) -> ml_collections.ConfigDict:
