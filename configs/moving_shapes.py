@@ -65,17 +65,17 @@ def get_config(arg=None):
   c.model.decoder.transformer_mlp_dim = 128
 
   c.train.batch_size = 8
-  c.train.num_steps = 1500
+  c.train.num_steps = 1700
   c.train.learning_rate = 2e-3
   c.train.warmup_steps = 100
   c.train.end_lr_factor = 0.1
   c.train.weight_decay = 0.05
   c.train.ema_decay = 0.99
   c.train.log_every_steps = 50
-  c.train.checkpoint_every_steps = 750
+  c.train.checkpoint_every_steps = 850
 
   c.eval.batch_size = 32
-  c.eval.every_steps = 750
+  c.eval.every_steps = 850
   c.eval.steps = 20                      # DDIM steps of the first frame of a clip
   c.eval.steps_later = 10                # DDIM steps of every later frame
   c.eval.use_gt_cond = False             # condition on ground truth instead of own predictions
