@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.time_distribution = 'uniform'
   c.diffusion.loss = 'softmax_xent'      # 'softmax_xent' (paper), 'l2', 'sigmoid_xent'
   c.diffusion.mask_weight_p = 0.2
+  c.diffusion.class_loss_weight = 1.0   # class group vs id group in the softmax loss; 1 = the paper
   c.diffusion.self_condition = False
   c.diffusion.self_condition_rate = 0.5
 

@@ -29,22 +29,27 @@ def instance_size_weights(ids: jax.Array, num_ids: int, p: float) -> jax.Array:
   return w.reshape(ids.shape)
 
 
-def softmax_xent_loss(logits: jax.Array, masks: jax.Array, weights: jax.Array):
+def softmax_xent_loss(logits: jax.Array, masks: jax.Array, weights: jax.Array,
+                      class_weight: float = 1.0):
   """Grouped softmax cross-entropy, the paper's loss (`x_softmax_xent`).
 
   Args:
     logits: float [B, h, w, G, 2^n] (G = channels of `masks`, n = 8).
     masks: int [B, h, w, G] target integers (class, id).
     weights: float [B, h, w] per-pixel weights.
+    class_weight: weight of the class group (group 0) against 1 for the others; the loss is
+      the weighted mean over groups, so 1.0 (the paper) is the plain mean.
 
   Returns:
-    (scalar loss = mean over (b, x, g) of w * CE, per-group mean weighted CE float32 [G]).
+    (scalar loss = weighted mean over g of the mean over (b, x) of w * CE,
+     per-group mean weighted CE float32 [G]).
   """
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   ce = -jnp.take_along_axis(logp, masks[..., None].astype(jnp.int32), axis=-1)[..., 0]
   weighted = ce * weights[..., None]
   per_group = jnp.mean(weighted, axis=(0, 1, 2))
-  return jnp.mean(per_group), per_group
+  group_w = jnp.ones_like(per_group).at[0].set(class_weight)
+  return jnp.sum(group_w * per_group) / jnp.sum(group_w), per_group
 
 
 def l2_loss(x0_pred: jax.Array, x0: jax.Array, weights: jax.Array) -> jax.Array:
@@ -81,7 +86,7 @@ def x0_from_output(out: jax.Array, loss: str, b: bits_lib.Scale) -> jax.Array:
 
 
 def diffusion_loss(out: jax.Array, masks: jax.Array, x0: jax.Array, weights: jax.Array,
-                   loss: str, b: bits_lib.Scale):
+                   loss: str, b: bits_lib.Scale, class_weight: float = 1.0):
   """The training loss of the chosen head.
 
   Args:
@@ -89,12 +94,13 @@ def diffusion_loss(out: jax.Array, masks: jax.Array, x0: jax.Array, weights: jax
     masks: int [B, h, w, 2] targets; x0: their analog bits float [B, h, w, 16].
     weights: float [B, h, w].
     loss: one of LOSSES; b: the analog bit scale.
+    class_weight: softmax_xent only, the class group's weight (`softmax_xent_loss`).
 
   Returns:
     (scalar loss, dict of per-part losses for logging).
   """
   if loss == 'softmax_xent':
-    total, per_group = softmax_xent_loss(out, masks, weights)
+    total, per_group = softmax_xent_loss(out, masks, weights, class_weight)
     return total, {'loss_class': per_group[0], 'loss_id': per_group[1]}
   if loss == 'l2':
     return l2_loss(out, x0, weights), {}

@@ -21,6 +21,7 @@ class StepSettings:
   time_distribution: str
   loss: str
   mask_weight_p: float
+  class_loss_weight: float
   max_instances: int
   self_condition: bool
   self_condition_rate: float
@@ -33,6 +34,7 @@ class StepSettings:
     return cls(b=bits_lib.scale_from_config(d.b, d.get('instance_b', 0.0)),
                schedule=d.train_schedule, time_distribution=d.time_distribution,
                loss=d.loss, mask_weight_p=d.mask_weight_p,
+               class_loss_weight=d.class_loss_weight,
                max_instances=config.dataset.max_instances, self_condition=d.self_condition,
                self_condition_rate=d.self_condition_rate, ema_decay=config.train.ema_decay,
                frames_dropout=config.dataset.get('frames_dropout', 0.0))
@@ -96,7 +98,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
       use = jax.random.bernoulli(r_use, s.self_condition_rate, (bsz,))
       self_cond = jnp.where(use[:, None, None, None], estimate, 0.0)
     out = decode(self_cond, r_dec)
-    loss, parts = losses.diffusion_loss(out, masks, x0, weights, s.loss, s.b)
+    loss, parts = losses.diffusion_loss(out, masks, x0, weights, s.loss, s.b,
+                                        s.class_loss_weight)
     return loss, (parts, updates['batch_stats'])
 
   (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

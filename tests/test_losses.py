@@ -98,6 +98,23 @@ def test_diffusion_loss_names_the_groups():
   assert float(total) == pytest.approx(np.log(256) / 2, rel=1e-6)
 
 
+def test_class_loss_weight_is_a_weighted_mean_of_the_groups():
+  """class_weight w gives (w * CE_class + CE_id) / (w + 1); the per-group parts are unweighted."""
+  rng = np.random.default_rng(2)
+  logits = (2 * rng.normal(size=(2, 3, 4, 2, 256))).astype(np.float32)
+  masks = np.stack([rng.integers(0, 9, (2, 3, 4)), rng.integers(0, 256, (2, 3, 4))], -1)
+  weights = rng.uniform(0, 2, (2, 3, 4)).astype(np.float32)
+  ce = -np.take_along_axis(_np_log_softmax(logits), masks[..., None], -1)[..., 0]
+  per_group = (ce * weights[..., None]).mean(axis=(0, 1, 2))
+  args = (jnp.asarray(logits), jnp.asarray(masks), jnp.asarray(weights))
+  total, parts = losses.softmax_xent_loss(*args, class_weight=3.0)
+  assert float(total) == pytest.approx((3 * per_group[0] + per_group[1]) / 4, rel=1e-5)
+  np.testing.assert_allclose(np.asarray(parts), per_group, rtol=1e-5)
+  x0 = bits.map_to_analog_bits(jnp.asarray(masks), 0.1)
+  via, _ = losses.diffusion_loss(args[0], args[1], x0, args[2], 'softmax_xent', 0.1, 3.0)
+  assert float(via) == pytest.approx(float(total), rel=1e-6)
+
+
 def test_ablation_losses_and_x0_estimates():
   """l2: mean w (x0 - f)^2; sigmoid: mean -log(sigmoid(f x0 / b) + 1e-8) w; their x0 estimates
   are clip(f, -b, b) and (2 sigmoid(f) - 1) b; the softmax head's is the expected bits; an
