@@ -21,6 +21,10 @@ run on a laptop CPU. What differs from the paper's recipe, each measured on this
   things apart, and on this budget it does not (the id loss stays at ln 7); with raster ids a
   pixel's id is a function of the image, learned like the classes (PQ 58.0 / Things 36.3 after
   3,000 steps, against 37.7 / 21.7 at 2,000 and less later with random ids);
+- `diffusion.mask_weight_p=0.7` (paper 0.2) and `diffusion.class_loss_weight=2` (paper 1): the
+  things are small next to the stuff regions and their shape classes are learned last; a
+  stronger size weight and a doubled class group put more of the loss on them. The default run:
+  PQ 43.8 / Things 25.9 at 1,600 steps, against 43.3 / 17.5 with the paper's 0.2 and 1;
 - `cpu_devices=2`: two XLA CPU devices run the halves of each batch side by side (~30 % faster).
 """
 
@@ -39,6 +43,9 @@ def get_config(arg=None):
   c.dataset.num_train = 4096
   c.dataset.num_eval = 256
   c.dataset.max_original_size = (64, 64)
+
+  c.diffusion.mask_weight_p = 0.7        # paper: 0.2
+  c.diffusion.class_loss_weight = 2.0    # paper: 1.0
 
   c.model.image_size = (64, 64)
   c.model.mask_size = (32, 32)

@@ -300,6 +300,8 @@ def test_paper_settings_of_the_real_data_configs():
   # The shapes configs' departures (raster ids, a split CPU) stay out of the paper configs.
   assert low.dataset.object_order == 'random' and city.dataset.object_order == 'shuffle'
   assert low.cpu_devices == high.cpu_devices == city.cpu_devices == vid.cpu_devices == 0
+  for paper in (low, high, city, vid):                 # and so do the loss settings of shapes.py
+    assert (paper.diffusion.mask_weight_p, paper.diffusion.class_loss_weight) == (0.2, 1.0)
 
 
 def _with_extra(spec: str, section: str, key: str, value) -> ml_collections.ConfigDict:
