@@ -24,7 +24,8 @@ run on a laptop CPU. What differs from the paper's recipe, each measured on this
 - `diffusion.mask_weight_p=0.7` (paper 0.2) and `diffusion.class_loss_weight=2` (paper 1): the
   things are small next to the stuff regions and their shape classes are learned last; a
   stronger size weight and a doubled class group put more of the loss on them. The default run:
-  PQ 43.8 / Things 25.9 at 1,600 steps, against 43.3 / 17.5 with the paper's 0.2 and 1;
+  PQ 43.8 / Things 25.9 at 1,600 steps, against 43.3 / 17.5 with the paper's 0.2 and 1 (seeds
+  0 / 1 / 2 on one core: Things 23.4 / 26.1 / 23.2);
 - `cpu_devices=2`: two XLA CPU devices run the halves of each batch side by side (~30 % faster).
 """
 
