@@ -99,6 +99,10 @@ def diffusion_loss(out: jax.Array, masks: jax.Array, x0: jax.Array, weights: jax
   Returns:
     (scalar loss, dict of per-part losses for logging).
   """
+  if loss != 'softmax_xent' and class_weight != 1.0:
+    raise ValueError(f'diffusion.class_loss_weight={class_weight} needs '
+                     f"diffusion.loss='softmax_xent' (the {loss!r} loss has no class group); "
+                     'set it to 1.0 or change the loss.')
   if loss == 'softmax_xent':
     total, per_group = softmax_xent_loss(out, masks, weights, class_weight)
     return total, {'loss_class': per_group[0], 'loss_id': per_group[1]}

@@ -113,6 +113,8 @@ def test_class_loss_weight_is_a_weighted_mean_of_the_groups():
   x0 = bits.map_to_analog_bits(jnp.asarray(masks), 0.1)
   via, _ = losses.diffusion_loss(args[0], args[1], x0, args[2], 'softmax_xent', 0.1, 3.0)
   assert float(via) == pytest.approx(float(total), rel=1e-6)
+  with pytest.raises(ValueError, match='class_loss_weight'):
+    losses.diffusion_loss(x0, args[1], x0, args[2], 'l2', 0.1, 3.0)
 
 
 def test_ablation_losses_and_x0_estimates():
