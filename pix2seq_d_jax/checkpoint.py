@@ -3,9 +3,10 @@
 
 Resume order (`restore_or_init`): (1) the newest checkpoint in `workdir/checkpoints`; else (2)
 `config.train.init_from` (a workdir or a checkpoint step directory), copying the parameter
-subtrees named in `config.train.init_from_prefixes` (e.g. only 'backbone'), and zero-extending the
-decoder's first conv when the new model reads more input channels (an image checkpoint loaded into
-the video model, Decision 7); else (3) a fresh initialisation.
+subtrees named in `config.train.init_from_prefixes` (e.g. only 'backbone'); the decoder's first
+conv is mapped by named input group (`decoder_input_groups`), so a checkpoint with or without
+self-conditioning or previous frames loads into any other such model, new groups starting at zero
+(an image checkpoint loaded into the video model, Decision 7); else (3) a fresh initialisation.
 """
 
 import json
@@ -120,9 +121,73 @@ def _resolve(init_from: str) -> tuple[pathlib.Path, int | None]:
                           'checkpoints/<step> directories.')
 
 
-def _merge_params(target, source, prefixes, path=()):
-  """Copies source leaves into target where the top-level name is in prefixes and shapes fit;
-  a kernel with more input channels in the target is zero-extended (Decision 7)."""
+# The decoder's first conv: its input channels are the groups of `decoder_input_groups`.
+DECODER_INPUT_KERNEL = ('decoder', 'conv_in', 'kernel')
+
+
+def decoder_input_groups(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+  """(name, channels) of the decoder's input, in the order `Pix2SeqD.decode`
+  (pix2seq_d_jax/models/pix2seq_d.py) concatenates them: 'x_t' (16), 'self_cond' (16, iff
+  config.diffusion.self_condition), 'encoder' (config.model.fpn_dim; present, zeroed, without
+  'cat' conditioning), then the P = config.model.num_cond_frames previous frames oldest first,
+  named by their distance to the current frame: 'frame_t-P', ..., 'frame_t-1' (16 each)."""
+  from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
+  n = 2 * pix2seq_d.BITS_PER_CHANNEL
+  groups = [('x_t', n)]
+  if config.diffusion.self_condition:
+    groups.append(('self_cond', n))
+  groups.append(('encoder', config.model.fpn_dim))
+  p = config.model.num_cond_frames
+  groups += [(f'frame_t-{p - j}', n) for j in range(p)]
+  return groups
+
+
+def _map_input_groups(target, source, target_groups, source_groups, name):
+  """A kernel [kh, kw, C_in, C_out] from the source's input groups to the target's: a group in
+  both keeps its weights, a group new to the target starts at zero, a source-only group is
+  dropped."""
+  for side, kernel, groups in (('source', source, source_groups),
+                               ('this model', target, target_groups)):
+    if kernel.shape[2] != sum(c for _, c in groups):
+      raise ValueError(f'config.train.init_from: {name} has {kernel.shape[2]} input channels in '
+                       f'{side} but its config gives the groups {groups} '
+                       f'({sum(c for _, c in groups)}); the checkpoint does not match its '
+                       'config.json.')
+  if target.shape[:2] != source.shape[:2] or target.shape[3] != source.shape[3]:
+    raise ValueError(f'config.train.init_from: parameter {name} has shape {source.shape} in the '
+                     f'source but {target.shape} in this model; match model.decoder.dim or drop '
+                     "'decoder' from config.train.init_from_prefixes.")
+  offsets, start = {}, 0
+  for g, c in source_groups:
+    offsets[g] = (start, c)
+    start += c
+  source = np.asarray(source)
+  parts, new = [], []
+  for g, c in target_groups:
+    if g not in offsets:
+      new.append(g)
+      parts.append(np.zeros(source.shape[:2] + (c, source.shape[3]), source.dtype))
+      continue
+    s0, sc = offsets[g]
+    if sc != c:
+      raise ValueError(f'config.train.init_from: the {g!r} input group of {name} has {sc} '
+                       f'channels in the source but {c} in this model; set model.fpn_dim={sc} '
+                       "or drop 'decoder' from config.train.init_from_prefixes.")
+    parts.append(source[:, :, s0:s0 + c])
+  dropped = [g for g, _ in source_groups if g not in dict(target_groups)]
+  if new or dropped:
+    logging.warning('init_from: %s input groups %s; zero-initialised (new): %s; dropped (not in '
+                    'this model): %s.', name, [g for g, _ in target_groups], new or 'none',
+                    dropped or 'none')
+  return jnp.asarray(np.concatenate(parts, axis=2), target.dtype)
+
+
+def _merge_params(target, source, prefixes, path=(), input_groups=None):
+  """Copies source leaves into target where the top-level name is in prefixes and shapes fit.
+
+  `input_groups` = (target groups, source groups) of `decoder_input_groups`: the decoder's first
+  conv kernel is mapped group by group (`_map_input_groups`); without them its shapes must match.
+  """
   if isinstance(target, dict):
     out = {}
     for k, v in target.items():
@@ -130,23 +195,17 @@ def _merge_params(target, source, prefixes, path=()):
       if not path and k not in prefixes:
         out[k] = v
       elif k in source:
-        out[k] = _merge_params(v, source[k], prefixes, sub)
+        out[k] = _merge_params(v, source[k], prefixes, sub, input_groups)
       else:
         logging.warning('init_from: %s is not in the source checkpoint; kept fresh.',
                         '/'.join(sub))
         out[k] = v
     return out
   name = '/'.join(path)
+  if path == DECODER_INPUT_KERNEL and input_groups is not None:
+    return _map_input_groups(target, source, *input_groups, name)
   if target.shape == source.shape:
     return jnp.asarray(source, target.dtype)
-  if (target.ndim == 4 and source.ndim == 4 and target.shape[:2] == source.shape[:2]
-      and target.shape[3] == source.shape[3] and target.shape[2] > source.shape[2]):
-    logging.info('init_from: %s %s -> %s, new input channels zero-initialised.', name,
-                 source.shape, target.shape)
-    pad = target.shape[2] - source.shape[2]
-    return jnp.concatenate([jnp.asarray(source, target.dtype),
-                            jnp.zeros(source.shape[:2] + (pad, source.shape[3]), target.dtype)],
-                           axis=2)
   raise ValueError(f'config.train.init_from: parameter {name} has shape {source.shape} in the '
                    f'source but {target.shape} in this model; drop its top-level module from '
                    'config.train.init_from_prefixes or match the model sizes.')
@@ -165,7 +224,9 @@ def init_from(state, config: ml_collections.ConfigDict, build_abstract_state, sh
   prefixes = tuple(config.train.init_from_prefixes)
   src_params = jax.device_get(src_state.ema_params)
   src_stats = jax.device_get(src_state.ema_batch_stats)
-  params = _merge_params(jax.device_get(state.params), src_params, prefixes)
+  groups = (decoder_input_groups(config), decoder_input_groups(src_config))
+  params = _merge_params(jax.device_get(state.params), src_params, prefixes,
+                         input_groups=groups)
   stats = _merge_params(jax.device_get(state.batch_stats), src_stats, prefixes)
   new = state.replace(params=params, batch_stats=stats,
                       ema_params=jax.tree.map(np.copy, params),
