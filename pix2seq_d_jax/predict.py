@@ -3,6 +3,12 @@
 `sample` runs the encoder once and a `lax.scan` over N decoder steps; N is static (one compiled
 program per N), `td` is a runtime value. The initial noise of each example comes from a key folded
 with its stable example id (Decision 6), so a prediction does not depend on the batch it is in.
+
+Valid sampler settings (`check_sampler_args`): `steps` an integer >= 1; `td` a finite number >= 0.
+td = 0 is plain DDIM; td > 0 hands each step a sample from a later time (the paper's asymmetric
+time difference); td >= steps - 1 makes the first step jump straight to t = 0. A negative td
+would hand a step a sample from an earlier time than it was told (and below -1, a time past 1,
+where the cosine gamma rises again), so it is refused.
 """
 
 import dataclasses
@@ -41,6 +47,32 @@ class SampleSettings:
                max_instances=config.dataset.max_instances, self_condition=d.self_condition)
 
 
+def check_sampler_args(steps, td=None, *, steps_key: str = 'steps', td_key: str = 'td',
+                       where: str = '') -> None:
+  """Raises ValueError naming `steps_key` / `td_key` (after `where`, e.g. 'Predictor: ') unless
+  steps is an integer >= 1 and td a finite number >= 0 (see the module docstring). A traced td
+  (inside jit) is not checked."""
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    raise ValueError(f'{where}{steps_key}={steps!r}: the number of DDIM steps must be an integer >= 1 '
+                     f'(0 steps would return all-void maps); set {steps_key} to e.g. 20.')
+  if td is None or isinstance(td, jax.core.Tracer):
+    return
+  value = np.asarray(td)
+  if value.ndim or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value) or (
+      value < 0):
+    raise ValueError(f'{where}{td_key}={td!r}: the time difference must be a finite number >= 0 (0: '
+                     f'plain DDIM, the paper uses 1.0; a negative td runs time backwards); set '
+                     f'{td_key} to e.g. 1.0.')
+
+
+def check_eval_config(config: ml_collections.ConfigDict) -> None:
+  """config.eval's sampler settings (steps, steps_later for video, td), checked at start-up."""
+  e = config.eval
+  check_sampler_args(e.steps, e.td, steps_key='config.eval.steps', td_key='config.eval.td')
+  if 'steps_later' in e:
+    check_sampler_args(e.steps_later, steps_key='config.eval.steps_later')
+
+
 def initial_noise(rng: jax.Array, example_ids: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """x_T float32 [B, *shape]: example i's noise depends only on (rng, example_ids[i])."""
   return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), shape))(example_ids)
@@ -66,6 +98,7 @@ def sample(variables: dict, images: jax.Array, example_ids: jax.Array, rng: jax.
     ids < max_instances.
   """
   s = settings
+  check_sampler_args(steps, td)
   if decode not in DECODINGS:
     raise ValueError(f'decode={decode!r}; valid: {DECODINGS}.')
   if decode == 'argmax' and s.loss != 'softmax_xent':
@@ -220,6 +253,11 @@ class Predictor:
       raise ValueError(f'Predictor: images must be uint8 [b, H, W, 3], got {images.dtype} '
                        f'{images.shape}. Stack same-size RGB images; convert floats with '
                        '(x * 255).astype(np.uint8).')
+    # Each error names the argument, or the config key its default came from.
+    key = lambda arg, name: f'config.eval.{name}' if arg is None else name
+    check_sampler_args(self.config.eval.steps if steps is None else steps,
+                       self.config.eval.td if td is None else td,
+                       steps_key=key(steps, 'steps'), td_key=key(td, 'td'), where='Predictor: ')
     steps = self.config.eval.steps if steps is None else steps
     td = self.config.eval.td if td is None else td
     decode = self.config.eval.decode if decode is None else decode

@@ -136,6 +136,9 @@ class Trainer:
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.source = data.get_source(config.dataset)
+    from pix2seq_d_jax import predict, video  # pylint: disable=g-import-not-at-top
+    predict.check_eval_config(config)       # bad sampler settings fail here, not at the eval
+    video.check_frames(config, self.source.is_video)
     self.mesh = sharding.make_mesh(config.mesh)
     n_train = self.source.num_examples('train')
     self.total_steps = num_train_steps(config, n_train)

@@ -42,6 +42,25 @@ def _check_decode(decode: str, settings: predict.SampleSettings) -> None:
                      "(config.diffusion.loss='softmax_xent').")
 
 
+def check_frames(config: ml_collections.ConfigDict, is_video: bool) -> None:
+  """At start-up: a video data set's windows are the P = model.num_cond_frames previous frames
+  plus the current one (dataset.num_frames = P + 1); image data has no previous frames (P = 0)."""
+  p = config.model.num_cond_frames
+  if not is_video:
+    if p:
+      raise ValueError(f'config.model.num_cond_frames={p} but config.dataset.name='
+                       f'{config.dataset.name!r} is an image data set (no previous frames): set '
+                       'config.model.num_cond_frames=0, or train on a video data set.')
+    return
+  n = config.dataset.num_frames
+  if n - 1 != p:
+    fix = (f'set config.model.num_cond_frames={n - 1} or config.dataset.num_frames={p + 1}'
+           if n >= 1 else f'set config.dataset.num_frames={p + 1}')
+    raise ValueError(f'config.dataset.num_frames={n} but config.model.num_cond_frames={p}: a '
+                     'training window is the previous frames the model conditions on plus the '
+                     f'current frame, so num_frames must be num_cond_frames + 1; {fix}.')
+
+
 def empty_history(batch: int, num_cond_frames: int, mask_size: tuple[int, int]) -> jax.Array:
   """The condition before the first frame: int32 zeros [batch, P, h, w, 2] (void)."""
   return jnp.zeros((batch, num_cond_frames, *mask_size, 2), jnp.int32)
@@ -81,6 +100,8 @@ def sample_frame(variables: dict, frame: jax.Array, history: jax.Array, frame_in
   """
   s = settings
   _check_decode(decode, s)
+  predict.check_sampler_args(steps_first, td, steps_key='steps_first')
+  predict.check_sampler_args(steps_later, steps_key='steps_later')
   enc_cat, tokens = model.apply(variables, frame, train=False, method='encode')
   cond = None
   if model.num_cond_frames:
@@ -260,8 +281,16 @@ class VideoPredictor:
 
   def _options(self, steps, steps_later, td, decode):
     e = self.config.eval
+    # Each error names the argument, or the config key its default came from.
+    key = lambda arg, name: f'config.eval.{name}' if arg is None else name
+    predict.check_sampler_args(e.steps if steps is None else steps, e.td if td is None else td,
+                               steps_key=key(steps, 'steps'), td_key=key(td, 'td'),
+                               where='VideoPredictor: ')
     steps = e.steps if steps is None else int(steps)
-    steps_later = e.get('steps_later', steps) if steps_later is None else int(steps_later)
+    later_key = key(steps_later, 'steps_later')
+    steps_later = e.get('steps_later', steps) if steps_later is None else steps_later
+    predict.check_sampler_args(steps_later, steps_key=later_key, where='VideoPredictor: ')
+    steps_later = int(steps_later)
     td = e.td if td is None else td
     decode = e.decode if decode is None else decode
     _check_decode(decode, self.settings)

@@ -58,6 +58,10 @@ def evaluate_panoptic(config, variables, source, model, mesh, out_dir, *, step: 
   Returns:
     The metrics dict (PQ ... in percent, per_class, plus sampling settings and timing).
   """
+  predict.check_sampler_args(config.eval.steps if steps is None else steps,
+                             config.eval.td if td is None else td,
+                             steps_key='config.eval.steps' if steps is None else 'steps',
+                             td_key='config.eval.td' if td is None else 'td')
   steps = config.eval.steps if steps is None else steps
   td = config.eval.td if td is None else td
   decode = config.eval.decode if decode is None else decode

@@ -187,8 +187,13 @@ def evaluate_video(config, variables, source, model, mesh, out_dir, *, step: int
     (the frame strips, for TensorBoard).
   """
   e = config.eval
+  key = lambda arg, name: f'config.eval.{name}' if arg is None else name
+  predict.check_sampler_args(e.steps if steps is None else steps, e.td if td is None else td,
+                             steps_key=key(steps, 'steps'), td_key=key(td, 'td'))
+  later_key = key(steps_later, 'steps_later')
   steps = e.steps if steps is None else steps
   steps_later = e.get('steps_later', steps) if steps_later is None else steps_later
+  predict.check_sampler_args(steps_later, steps_key=later_key)
   td = e.td if td is None else td
   decode = e.decode if decode is None else decode
   use_gt_cond = bool(e.get('use_gt_cond', False) if use_gt_cond is None else use_gt_cond)
