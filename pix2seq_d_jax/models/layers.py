@@ -38,12 +38,16 @@ def sincos_2d(rows: int, cols: int, dim: int) -> jax.Array:
   return jnp.concatenate([code_y, code_x], axis=-1).reshape(rows * cols, dim)
 
 
-def group_norm(channels: int, dtype: Dtype, name: str | None = None) -> nn.GroupNorm:
+def group_norm(channels: int, dtype: Dtype, name: str | None = None,
+               groups_of: int | None = None) -> nn.GroupNorm:
   """GroupNorm with min(C/4, 32) groups and epsilon 1e-5 (the reference; Flax's default is 1e-6).
 
-  For widths where that count does not divide C (e.g. 144), the largest divisor below it is used.
+  `groups_of`: count the groups from this width instead of C, where the reference does (the
+  decoder's bottleneck input and output norms; parity with its checkpoints,
+  tests/test_tf_parity.py). For widths where that count does not divide C (e.g. 144), the
+  largest divisor below it is used.
   """
-  groups = max(min(channels // 4, 32), 1)
+  groups = max(min((channels if groups_of is None else groups_of) // 4, 32), 1)
   while channels % groups:
     groups -= 1
   return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype, name=name)

@@ -50,7 +50,8 @@ class BottleneckTransformer(nn.Module):
   @nn.compact
   def __call__(self, x, emb, context, train: bool):
     b, h, w, c = x.shape
-    x = layers.group_norm(c, self.dtype, 'norm_in')(x)
+    # The reference counts this norm's groups from the transformer width, not from c.
+    x = layers.group_norm(c, self.dtype, 'norm_in', groups_of=self.dim)(x)
     x = nn.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                 name='proj_in')(x)
     x = x.reshape(b, h * w, self.dim) + layers.sincos_2d(h, w, self.dim).astype(x.dtype)
@@ -114,9 +115,11 @@ class TransUNet(nn.Module):
                        f'{tuple(self.ch_multipliers)} need the same length (one entry per level).')
     emb = layers.ScalarEmbedding(self.dim, 4 * self.dim, self.time_scaling, self.dtype,
                                  name='noise_embedding')(gamma)
-    h = nn.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
+    # The input conv is as wide as the first level (dim * ch_multipliers[0]), as the reference.
+    width_in = self.dim * self.ch_multipliers[0]
+    h = nn.Conv(width_in, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                 name='conv_in')(x.astype(self.dtype))
-    h = layers.group_norm(self.dim, self.dtype, 'norm_in')(h)
+    h = layers.group_norm(width_in, self.dtype, 'norm_in')(h)
     skips = [h]
     last = len(self.ch_multipliers) - 1
     for level, mult in enumerate(self.ch_multipliers):
@@ -141,7 +144,7 @@ class TransUNet(nn.Module):
         h = layers.nearest_upsample(h, 2)
         h = nn.Conv(h.shape[-1], (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                     name=f'up{level}_upsample')(h)
-    h = nn.silu(layers.group_norm(h.shape[-1], self.dtype, 'norm_out')(h))
+    h = nn.silu(layers.group_norm(h.shape[-1], self.dtype, 'norm_out', groups_of=self.dim)(h))
     if self.num_groups == 0:
       return nn.Conv(self.plain_out_dim, (1, 1), kernel_init=layers.near_zero, dtype=self.dtype,
                      name='head')(h).astype(jnp.float32)
