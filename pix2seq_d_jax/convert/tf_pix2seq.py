@@ -273,7 +273,7 @@ def _fill(ckpt: Checkpoint, ours: dict, ema: bool, modules, config_name: str) ->
   return filled
 
 
-def _nest(flat: dict) -> dict:
+def nest(flat: dict) -> dict:
   out = {'params': {}, 'batch_stats': {}}
   for (collection, path), value in flat.items():
     node = out[collection]
@@ -310,7 +310,7 @@ def load(checkpoint_path: str, config, ema: bool = True) -> dict:
                           'ema=False (the online weights).')
   ours = abstract_variables(config)
   modules = {m for part in PARTS.values() for m in part}
-  return _nest(_fill(ckpt, ours, ema, modules, _config_name(config)))
+  return nest(_fill(ckpt, ours, ema, modules, _config_name(config)))
 
 
 def load_encoder(checkpoint_path: str, config, ema: bool | None = None, verbose: bool = True):
@@ -332,7 +332,7 @@ def load_encoder(checkpoint_path: str, config, ema: bool | None = None, verbose:
   filled = _fill(ckpt, ours, ema, modules, _config_name(config))
   if verbose:
     print(describe_fill(ckpt, filled, ema, ours))
-  return _nest(filled)
+  return nest(filled)
 
 
 def describe_fill(ckpt: Checkpoint, filled: dict, ema: bool, ours: dict) -> str:

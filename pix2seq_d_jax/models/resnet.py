@@ -54,17 +54,25 @@ class ResNetC4(nn.Module):
   Attributes:
     depths: bottleneck blocks per stage (ResNet-50: 3, 4, 6).
     width: filters of the first stage (64); stage i uses width * 2^i, outputs 4x that.
+    stem_pool: padding of the stem's 3x3 / 2 max-pool: 'same' (the reference) or 'torch'
+      (torchvision's, for parity with its features).
   """
   depths: Sequence[int] = (3, 4, 6)
   width: int = 64
   dtype: Dtype = jnp.float32
+  stem_pool: str = 'same'
 
   @nn.compact
   def __call__(self, images, train: bool):
     x = _conv(self.width, 7, 2, self.dtype, 'stem_conv')(images.astype(self.dtype))
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                      name='stem_bn')(x)
-    x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding='SAME')
+    # 'same': TF's SAME pooling of the reference (padding at the bottom / right); 'torch': one
+    # pixel on every side, as torchvision's ResNet (pix2seq_d_jax/convert/torchvision_resnet.py).
+    pool_pad = {'same': 'SAME', 'torch': ((1, 1), (1, 1))}.get(self.stem_pool)
+    if pool_pad is None:
+      raise ValueError(f"ResNetC4.stem_pool={self.stem_pool!r}; valid: 'same', 'torch'.")
+    x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=pool_pad)
     outputs = []
     for stage, depth in enumerate(self.depths):
       for block in range(depth):
