@@ -46,9 +46,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image_size = (1024, 1024)
   c.model.mask_size = (512, 512)
   c.model.dtype = 'float32'              # compute dtype; parameters stay float32
+  # Memory (README "Memory on accelerators"): 'auto' picks cuDNN / TPU flash attention or the
+  # chunked path for long sequences; remat 'blocks' recomputes each residual block and
+  # transformer layer in the backward pass, keeping what `remat_policy` allows.
+  c.model.attention = 'auto'             # 'auto', 'xla', 'chunked', 'cudnn', 'tpu_flash'
+  c.model.remat = 'none'                 # 'none', 'blocks'
+  # remat_policy: 'nothing_saveable', 'dots_saveable' or 'dots_with_no_batch_dims_saveable'
+  c.model.remat_policy = 'nothing_saveable'
   c.model.conditioning = 'cat+attn'
   c.model.num_cond_frames = 0
-  c.model.backbone = ml_collections.ConfigDict({'depths': (3, 4, 6), 'width': 64})
+  # norm: 'batch' (the paper) or 'frozen' (running statistics, not updated)
+  c.model.backbone = ml_collections.ConfigDict({'depths': (3, 4, 6), 'width': 64,
+                                                'norm': 'batch'})
   c.model.encoder = ml_collections.ConfigDict({
       'num_layers': 12, 'dim': 512, 'num_heads': 16, 'mlp_dim': 2048, 'dropout': 0.1,
       'drop_path': 0.1})
@@ -73,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16
+  c.train.microbatches = 1               # gradient accumulation: the batch in M sequential parts
   c.train.num_steps = -1                 # -1: from num_epochs
   c.train.num_epochs = 15.0
   c.train.learning_rate = 1e-5

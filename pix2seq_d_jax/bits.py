@@ -99,7 +99,8 @@ def expected_analog_bits(logits: jax.Array, b: Scale) -> jax.Array:
   num_values = logits.shape[-1]
   n = num_values.bit_length() - 1
   p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  e = jnp.einsum('...gk,kn->...gn', p, bit_table(n))
+  with jax.named_scope('expected_analog_bits'):   # a float32 matmul by design (bf16 HLO test)
+    e = jnp.einsum('...gk,kn->...gn', p, bit_table(n))
   e = e.reshape(*logits.shape[:-2], logits.shape[-2] * n)
   return (2.0 * e - 1.0) * bit_scales(b, logits.shape[-2], n)
 

@@ -21,10 +21,12 @@ def instance_size_weights(ids: jax.Array, num_ids: int, p: float) -> jax.Array:
     return jnp.ones(ids.shape, jnp.float32)
   flat = ids.reshape(ids.shape[0], -1)
   valid = flat < num_ids
-  one_hot = jax.nn.one_hot(jnp.where(valid, flat, 0), num_ids, dtype=jnp.float32)
-  counts = jnp.einsum('bnk,bn->bk', one_hot, valid.astype(jnp.float32))      # [B, K]
+  safe = jnp.where(valid, flat, 0)
+  # Pixels per id by a scatter-add into [B, K] (a one-hot would be [B, h w, K]).
+  counts = jax.vmap(lambda i, v: jnp.zeros((num_ids,), jnp.float32).at[i].add(v))(
+      safe, valid.astype(jnp.float32))                                      # [B, K]
   per_id = (1.0 / (counts + 1.0)) ** p
-  u = jnp.take_along_axis(per_id, jnp.where(valid, flat, 0), axis=1) * valid
+  u = jnp.take_along_axis(per_id, safe, axis=1) * valid
   w = u * flat.shape[1] / jnp.sum(u, axis=1, keepdims=True)
   return w.reshape(ids.shape)
 

@@ -27,6 +27,7 @@ class StepSettings:
   self_condition_rate: float
   ema_decay: float
   frames_dropout: float
+  microbatches: int = 1
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepSettings':
@@ -37,7 +38,8 @@ class StepSettings:
                class_loss_weight=d.class_loss_weight,
                max_instances=config.dataset.max_instances, self_condition=d.self_condition,
                self_condition_rate=d.self_condition_rate, ema_decay=config.train.ema_decay,
-               frames_dropout=config.dataset.get('frames_dropout', 0.0))
+               frames_dropout=config.dataset.get('frames_dropout', 0.0),
+               microbatches=config.train.microbatches)
 
 
 def cond_bits(cond_masks: jax.Array, b: bits_lib.Scale) -> jax.Array:
@@ -64,45 +66,80 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     (new state, metrics dict of float32 scalars: loss, per-part losses, grad_norm, lr, nonfinite).
     A step whose loss or gradient is not finite leaves the weights unchanged and reports
     nonfinite = 1; the training loop stops on it.
+
+  With `settings.microbatches` = M > 1 the batch runs as M sequential microbatches of B / M
+  examples (examples m, m + M, m + 2M, ... form microbatch m, so each stays spread over the data
+  devices) and the update uses the mean of their gradients: only one microbatch's activations
+  are live at a time. Times, noise and the self-conditioning draw are made for the whole batch
+  first, so they do not depend on M. BatchNorm normalises each microbatch by its own statistics
+  (as each device's share would with M times the devices) and the running statistics move by
+  the mean of the M updates, once per step. Without BatchNorm statistics in training
+  (`model.backbone.norm='frozen'`) and without dropout the update equals the single-pass one.
   """
   s = settings
   rng = jax.random.fold_in(state.rng, state.step)
   r_time, r_noise, r_enc, r_dec, r_sc, r_frames = jax.random.split(rng, 6)
-  images, masks = batch['image'], batch['masks']
+  r_first, r_use = jax.random.split(r_sc)
+  masks = batch['masks']
   bsz = masks.shape[0]
 
   x0 = bits_lib.map_to_analog_bits(masks, s.b)
   t = diffusion.sample_time(r_time, (bsz,), s.time_distribution)
   gamma = diffusion.get_schedule(s.schedule)(t)
-  x_t = diffusion.corrupt(x0, gamma[:, None, None, None], jax.random.normal(r_noise, x0.shape))
-  weights = losses.instance_size_weights(masks[..., 1], s.max_instances, s.mask_weight_p)
-  cond = None
+  inputs = {
+      'images': batch['image'], 'masks': masks, 'x0': x0, 'gamma': gamma,
+      'x_t': diffusion.corrupt(x0, gamma[:, None, None, None],
+                               jax.random.normal(r_noise, x0.shape)),
+      'weights': losses.instance_size_weights(masks[..., 1], s.max_instances, s.mask_weight_p)}
   if 'cond_masks' in batch:
     keep = jax.random.bernoulli(r_frames, 1.0 - s.frames_dropout, batch['cond_masks'].shape[:2])
-    cond = cond_bits(jnp.where(keep[:, :, None, None, None], batch['cond_masks'], 0), s.b)
+    inputs['cond'] = cond_bits(jnp.where(keep[:, :, None, None, None], batch['cond_masks'], 0),
+                               s.b)
+  if s.self_condition:
+    inputs['use_self_cond'] = jax.random.bernoulli(r_use, s.self_condition_rate, (bsz,))
 
-  def loss_fn(params):
+  def loss_fn(params, mb, keys):
+    k_enc, k_dec, k_first = keys
     (enc_cat, tokens), updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
-        method='encode', mutable=['batch_stats'], rngs={'dropout': r_enc})
+        {'params': params, 'batch_stats': state.batch_stats}, mb['images'], train=True,
+        method='encode', mutable=['batch_stats'], rngs={'dropout': k_enc})
     decode = lambda self_cond, key: model.apply(
-        {'params': params}, x_t, gamma, enc_cat, tokens, train=True, self_cond=self_cond,
-        cond=cond, method='decode', rngs={'dropout': key})
+        {'params': params}, mb['x_t'], mb['gamma'], enc_cat, tokens, train=True,
+        self_cond=self_cond, cond=mb.get('cond'), method='decode', rngs={'dropout': key})
     self_cond = None
     if s.self_condition:
       # SPEC §3.2: a first pass without an estimate gives one (no gradient) for a share of the
       # batch; the rest sees zeros, as at the first sampling step.
-      r_first, r_use = jax.random.split(r_sc)
       estimate = jax.lax.stop_gradient(
-          losses.x0_from_output(decode(jnp.zeros_like(x_t), r_first), s.loss, s.b))
-      use = jax.random.bernoulli(r_use, s.self_condition_rate, (bsz,))
-      self_cond = jnp.where(use[:, None, None, None], estimate, 0.0)
-    out = decode(self_cond, r_dec)
-    loss, parts = losses.diffusion_loss(out, masks, x0, weights, s.loss, s.b,
+          losses.x0_from_output(decode(jnp.zeros_like(mb['x_t']), k_first), s.loss, s.b))
+      self_cond = jnp.where(mb['use_self_cond'][:, None, None, None], estimate, 0.0)
+    out = decode(self_cond, k_dec)
+    loss, parts = losses.diffusion_loss(out, mb['masks'], mb['x0'], mb['weights'], s.loss, s.b,
                                         s.class_loss_weight)
     return loss, (parts, updates['batch_stats'])
 
-  (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  keys = (r_enc, r_dec, r_first)
+  if s.microbatches == 1:
+    (loss, (parts, batch_stats)), grads = grad_fn(state.params, inputs, keys)
+  else:
+    m = s.microbatches
+    if bsz % m:
+      raise ValueError(f'train.microbatches={m} does not divide the batch of {bsz}; choose a '
+                       'divisor of train.batch_size (per data device).')
+    split = lambda x: x.reshape(bsz // m, m, *x.shape[1:]).swapaxes(0, 1)
+
+    def body(total, xs):
+      i, mb = xs
+      out = grad_fn(state.params, mb, tuple(jax.random.fold_in(k, i) for k in keys))
+      return jax.tree.map(jnp.add, total, out), None
+
+    first = jax.tree.map(lambda x: x[0], jax.tree.map(split, inputs))
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                         jax.eval_shape(grad_fn, state.params, first, keys))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(m), jax.tree.map(split, inputs)))
+    (loss, (parts, batch_stats)), grads = jax.tree.map(lambda x: x / m, total)
+
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -1,5 +1,6 @@
 """Building blocks shared by the encoder and the decoder (SPEC §5)."""
 
+import functools
 import math
 from typing import Any
 
@@ -66,16 +67,160 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
 
 
+ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'chunked', 'cudnn', 'tpu_flash')
+# 'auto' switches to the chunked (memory-efficient) path from this many keys on when no fused
+# kernel applies: below it the S x S scores are small and the plain path is faster.
+CHUNKED_MIN_KEYS = 1024
+CHUNK_SIZE = 512                     # keys per block of the chunked path
+TPU_BLOCK = 128                      # the TPU flash kernel's sequence tile
+
+
+def resolve_attention(implementation: str, backend: str, dtype, kv_len: int,
+                      head_dim: int) -> str:
+  """The concrete attention path for `implementation` ('auto' or one of the explicit names).
+
+  'auto': cuDNN flash attention on GPU for bfloat16 / float16 inputs (head_dim <= 128 and a
+  multiple of 8, cuDNN's limits), the Pallas flash kernel on TPU, otherwise the chunked path
+  once there are at least CHUNKED_MIN_KEYS keys, and the plain XLA path below that.
+  """
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'config.model.attention={implementation!r}; valid: '
+                     f'{ATTENTION_IMPLEMENTATIONS}.')
+  if implementation != 'auto':
+    return implementation
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if backend == 'gpu' and half and head_dim <= 128 and head_dim % 8 == 0:
+    return 'cudnn'
+  if backend == 'tpu':
+    return 'tpu_flash'
+  return 'chunked' if kv_len >= CHUNKED_MIN_KEYS else 'xla'
+
+
+def dot_product_attention(q, k, v, implementation: str = 'auto', chunk_size: int | None = None):
+  """Softmax(q k^T / sqrt(H)) v over [B, T, N, H] queries and [B, S, N, H] keys and values.
+
+  Scores and the softmax are float32 for every input dtype; the output has q's dtype.
+  `chunk_size`: keys per block of the chunked path (None = CHUNK_SIZE).
+  """
+  impl = resolve_attention(implementation, jax.default_backend(), q.dtype, k.shape[1],
+                           q.shape[-1])
+  if impl == 'xla':
+    return jax.nn.dot_product_attention(q, k, v, implementation='xla')
+  if impl == 'cudnn':
+    return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  if impl == 'tpu_flash':
+    return _tpu_flash_attention(q, k, v)
+  return chunked_attention(q, k, v, chunk_size or CHUNK_SIZE)
+
+
+def _tpu_flash_attention(q, k, v):
+  """The Pallas TPU flash kernel; sequences padded to its tile, padding masked by segment ids."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_fa  # TPU only: lazy
+  b, t, _, h = q.shape
+  s = k.shape[1]
+  pad_t, pad_s = -t % TPU_BLOCK, -s % TPU_BLOCK
+  tr = lambda x, pad: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+  segments = tpu_fa.SegmentIds(
+      q=jnp.broadcast_to((jnp.arange(t + pad_t) < t).astype(jnp.int32), (b, t + pad_t)),
+      kv=jnp.broadcast_to((jnp.arange(s + pad_s) < s).astype(jnp.int32), (b, s + pad_s)))
+  out = tpu_fa.flash_attention(tr(q, pad_t), tr(k, pad_s), tr(v, pad_s),
+                               segment_ids=segments, sm_scale=1.0 / math.sqrt(h))
+  return out.transpose(0, 2, 1, 3)[:, :t]
+
+
+def _key_blocks(x, chunk_size):
+  """[B, S, N, H] -> ([nb, B, chunk, N, H] zero-padded, valid [nb, chunk])."""
+  b, s, n, h = x.shape
+  nb = -(-s // chunk_size)
+  x = jnp.pad(x, ((0, 0), (0, nb * chunk_size - s), (0, 0), (0, 0)))
+  valid = (jnp.arange(nb * chunk_size) < s).reshape(nb, chunk_size)
+  return x.reshape(b, nb, chunk_size, n, h).swapaxes(0, 1), valid
+
+
+def _block_scores(q, kj, validj, scale):
+  s = jnp.einsum('btnh,bsnh->bnts', q, kj, preferred_element_type=jnp.float32) * scale
+  return jnp.where(validj, s, -jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def chunked_attention(q, k, v, chunk_size: int = CHUNK_SIZE):
+  """Attention with an online softmax over blocks of `chunk_size` keys (flash attention in JAX).
+
+  No [T, S] score matrix is ever live, only [T, chunk_size] per head, forward and backward: the
+  backward pass recomputes each block's scores from q, k and the saved log-sum-exp.
+  """
+  return _chunked_forward(q, k, v, chunk_size)[0]
+
+
+def _chunked_forward(q, k, v, chunk_size):
+  b, t, n, h = q.shape
+  scale = 1.0 / math.sqrt(h)
+  kb, valid = _key_blocks(k, chunk_size)
+  vb, _ = _key_blocks(v, chunk_size)
+
+  def body(carry, xs):
+    acc, m, l = carry                                              # [B,T,N,H], [B,N,T], [B,N,T]
+    kj, vj, validj = xs
+    s = _block_scores(q, kj, validj, scale)                         # [B, N, T, chunk]
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    p = jnp.exp(s - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    l = l * corr + jnp.sum(p, axis=-1)
+    pv = jnp.einsum('bnts,bsnh->btnh', p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+    acc = acc * jnp.swapaxes(corr, 1, 2)[..., None] + pv
+    return (acc, m_new, l), None
+
+  init = (jnp.zeros((b, t, n, h), jnp.float32), jnp.full((b, n, t), -jnp.inf, jnp.float32),
+          jnp.zeros((b, n, t), jnp.float32))
+  (acc, m, l), _ = jax.lax.scan(body, init, (kb, vb, valid))
+  out = (acc / jnp.swapaxes(l, 1, 2)[..., None]).astype(q.dtype)
+  return out, (q, k, v, out, m + jnp.log(l))
+
+
+def _chunked_fwd(q, k, v, chunk_size):
+  return _chunked_forward(q, k, v, chunk_size)
+
+
+def _chunked_bwd(chunk_size, residuals, d_out):
+  q, k, v, out, lse = residuals
+  s_len, h = k.shape[1], q.shape[-1]
+  scale = 1.0 / math.sqrt(h)
+  kb, valid = _key_blocks(k, chunk_size)
+  vb, _ = _key_blocks(v, chunk_size)
+  d_out32 = d_out.astype(jnp.float32)
+  delta = jnp.swapaxes(jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1), 1, 2)  # [B, N, T]
+
+  def body(dq, xs):
+    kj, vj, validj = xs
+    p = jnp.exp(_block_scores(q, kj, validj, scale) - lse[..., None])  # [B, N, T, chunk]
+    dv = jnp.einsum('bnts,btnh->bsnh', p.astype(d_out.dtype), d_out,
+                    preferred_element_type=jnp.float32)
+    dp = jnp.einsum('btnh,bsnh->bnts', d_out, vj, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta[..., None]) * scale
+    dq = dq + jnp.einsum('bnts,bsnh->btnh', ds.astype(k.dtype), kj,
+                         preferred_element_type=jnp.float32)
+    dk = jnp.einsum('bnts,btnh->bsnh', ds.astype(q.dtype), q, preferred_element_type=jnp.float32)
+    return dq, (dk, dv)
+
+  dq, (dk, dv) = jax.lax.scan(body, jnp.zeros(q.shape, jnp.float32), (kb, vb, valid))
+  unblock = lambda x: jnp.swapaxes(x, 0, 1).reshape(k.shape[0], -1, *k.shape[2:])[:, :s_len]
+  return dq.astype(q.dtype), unblock(dk).astype(k.dtype), unblock(dv).astype(v.dtype)
+
+
+chunked_attention.defvjp(_chunked_fwd, _chunked_bwd)
+
+
 class Attention(nn.Module):
   """Multi-head attention with separate q/k/v projections and biases (Keras MHA layout).
 
-  The product runs through `jax.nn.dot_product_attention`, which picks fused kernels (cuDNN flash
-  attention on GPU) where the backend has them.
+  Attributes:
+    implementation: see `resolve_attention` ('auto', 'xla', 'chunked', 'cudnn', 'tpu_flash').
   """
   num_heads: int
   head_dim: int
   out_dim: int
   dtype: Dtype = jnp.float32
+  implementation: str = 'auto'
 
   @nn.compact
   def __call__(self, x, context=None):
@@ -83,9 +228,29 @@ class Attention(nn.Module):
     dense = lambda name: nn.DenseGeneral((self.num_heads, self.head_dim), dtype=self.dtype,
                                          kernel_init=glorot_uniform, name=name)
     q, k, v = dense('query')(x), dense('key')(context), dense('value')(context)
-    y = jax.nn.dot_product_attention(q, k, v)
+    y = dot_product_attention(q, k, v, self.implementation)
     return nn.DenseGeneral(self.out_dim, axis=(-2, -1), dtype=self.dtype,
                            kernel_init=glorot_uniform, name='out')(y)
+
+
+REMAT_POLICIES = {
+    'nothing_saveable': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_block(module_cls, policy: str | None, static_argnums=()):
+  """`module_cls` wrapped with `nn.remat` under the named policy, or itself for policy None.
+
+  The wrapper keeps the module's name and parameters, so parameter trees (and checkpoints) are
+  the same with and without rematerialisation. `static_argnums` count `self` as 0.
+  """
+  if policy is None:
+    return module_cls
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f'config.model.remat_policy={policy!r}; valid: {sorted(REMAT_POLICIES)}.')
+  return nn.remat(module_cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
 
 
 class Mlp(nn.Module):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from pix2seq_d_jax.models import layers
 from pix2seq_d_jax.models.fpn import FeaturePyramidMerge
 from pix2seq_d_jax.models.resnet import ResNetC4
 from pix2seq_d_jax.models.transformer import ImageEncoder
@@ -18,6 +19,8 @@ from pix2seq_d_jax.models.transunet import TransUNet
 
 CONDITIONINGS = ('cat', 'attn', 'cat+attn', 'none')
 BITS_PER_CHANNEL = 8
+REMAT_MODES = ('none', 'blocks')
+BACKBONE_NORMS = ('batch', 'frozen')
 
 
 class Pix2SeqD(nn.Module):
@@ -96,6 +99,18 @@ def build_model(config: ml_collections.ConfigDict) -> Pix2SeqD:
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(m.dtype)
   if dtype is None:
     raise ValueError(f"config.model.dtype={m.dtype!r}; valid: 'float32', 'bfloat16'.")
+  if m.remat not in REMAT_MODES:
+    raise ValueError(f'config.model.remat={m.remat!r}; valid: {REMAT_MODES} (and '
+                     'config.model.remat_policy for what a rematerialised block keeps).')
+  if m.remat_policy not in layers.REMAT_POLICIES:
+    raise ValueError(f'config.model.remat_policy={m.remat_policy!r}; valid: '
+                     f'{sorted(layers.REMAT_POLICIES)}.')
+  remat = None if m.remat == 'none' else m.remat_policy
+  if m.attention not in layers.ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'config.model.attention={m.attention!r}; valid: '
+                     f'{layers.ATTENTION_IMPLEMENTATIONS}.')
+  if m.backbone.norm not in BACKBONE_NORMS:
+    raise ValueError(f'config.model.backbone.norm={m.backbone.norm!r}; valid: {BACKBONE_NORMS}.')
   d = m.decoder
   head = config.diffusion.loss
   limits = None
@@ -110,13 +125,14 @@ def build_model(config: ml_collections.ConfigDict) -> Pix2SeqD:
       cross_attention='attn' in m.conditioning, time_scaling=d.time_scaling,
       num_groups=2 if head == 'softmax_xent' else 0, bits_per_group=BITS_PER_CHANNEL,
       plain_out_dim=2 * BITS_PER_CHANNEL, head_value_limits=limits,
-      head_impossible_bias=d.head_prior_bias, dtype=dtype)
+      head_impossible_bias=d.head_prior_bias, dtype=dtype, attention=m.attention, remat=remat)
   e = m.encoder
   return Pix2SeqD(
-      backbone=ResNetC4(depths=tuple(m.backbone.depths), width=m.backbone.width, dtype=dtype),
+      backbone=ResNetC4(depths=tuple(m.backbone.depths), width=m.backbone.width, dtype=dtype,
+                        remat=remat, frozen_bn=m.backbone.norm == 'frozen'),
       encoder=ImageEncoder(num_layers=e.num_layers, dim=e.dim, num_heads=e.num_heads,
                            mlp_dim=e.mlp_dim, dropout=e.dropout, drop_path=e.drop_path,
-                           dtype=dtype),
+                           dtype=dtype, attention=m.attention, remat=remat),
       fpn=FeaturePyramidMerge(mask_size=tuple(m.mask_size), out_dim=m.fpn_dim, dtype=dtype),
       decoder=decoder,
       conditioning=m.conditioning,

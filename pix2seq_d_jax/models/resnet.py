@@ -11,6 +11,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pix2seq_d_jax.models import layers
 from pix2seq_d_jax.models.layers import Dtype
 
 _conv_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
@@ -33,11 +34,12 @@ class Bottleneck(nn.Module):
   project: bool
   train: bool
   dtype: Dtype = jnp.float32
+  frozen_bn: bool = False
 
   @nn.compact
   def __call__(self, x):
-    norm = partial(nn.BatchNorm, use_running_average=not self.train, momentum=0.9, epsilon=1e-5,
-                   dtype=self.dtype)
+    norm = partial(nn.BatchNorm, use_running_average=self.frozen_bn or not self.train,
+                   momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     shortcut = x
     if self.project:
       shortcut = _conv(4 * self.filters, 1, self.stride, self.dtype, 'proj_conv')(x)
@@ -56,16 +58,21 @@ class ResNetC4(nn.Module):
     width: filters of the first stage (64); stage i uses width * 2^i, outputs 4x that.
     stem_pool: padding of the stem's 3x3 / 2 max-pool: 'same' (the reference) or 'torch'
       (torchvision's, for parity with its features).
+    remat: rematerialisation policy of each bottleneck (`layers.REMAT_POLICIES`; None = none).
+    frozen_bn: normalise with the running statistics in training too and never update them
+      (fine-tuning from pretrained weights at a small per-device batch); False = the paper.
   """
   depths: Sequence[int] = (3, 4, 6)
   width: int = 64
   dtype: Dtype = jnp.float32
   stem_pool: str = 'same'
+  remat: str | None = None
+  frozen_bn: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool):
     x = _conv(self.width, 7, 2, self.dtype, 'stem_conv')(images.astype(self.dtype))
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+    x = nn.BatchNorm(use_running_average=self.frozen_bn or not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                      name='stem_bn')(x)
     # 'same': TF's SAME pooling of the reference (padding at the bottom / right); 'torch': one
     # pixel on every side, as torchvision's ResNet (pix2seq_d_jax/convert/torchvision_resnet.py).
@@ -74,10 +81,12 @@ class ResNetC4(nn.Module):
       raise ValueError(f"ResNetC4.stem_pool={self.stem_pool!r}; valid: 'same', 'torch'.")
     x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=pool_pad)
     outputs = []
+    bottleneck = layers.remat_block(Bottleneck, self.remat)
     for stage, depth in enumerate(self.depths):
       for block in range(depth):
-        x = Bottleneck(self.width * 2**stage, stride=2 if (stage > 0 and block == 0) else 1,
+        x = bottleneck(self.width * 2**stage, stride=2 if (stage > 0 and block == 0) else 1,
                        project=block == 0, train=train, dtype=self.dtype,
+                       frozen_bn=self.frozen_bn,
                        name=f'stage{stage + 1}_block{block + 1}')(x)
       outputs.append(x)
     return outputs

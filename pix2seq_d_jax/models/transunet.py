@@ -1,5 +1,6 @@
 """TransUNet mask decoder conditioned on the noise level (SPEC §5.5)."""
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -34,7 +35,8 @@ class ResBlock(nn.Module):
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = nn.Conv(self.out_dim, (3, 3), kernel_init=layers.near_zero, dtype=self.dtype,
                 name='conv1')(h)
-    return (h + skip) / np.sqrt(2.0).astype(np.float32)
+    # A Python float is weakly typed: the sum stays in the compute dtype (bfloat16 too).
+    return (h + skip) / math.sqrt(2.0)
 
 
 class BottleneckTransformer(nn.Module):
@@ -46,6 +48,8 @@ class BottleneckTransformer(nn.Module):
   dropout: float
   cross_attention: bool
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
+  remat: str | None = None
 
   @nn.compact
   def __call__(self, x, emb, context, train: bool):
@@ -58,10 +62,11 @@ class BottleneckTransformer(nn.Module):
     t = nn.Dense(self.dim, kernel_init=layers.glorot_uniform, dtype=self.dtype,
                  name='time_token')(emb)
     x = jnp.concatenate([x, t[:, None, :]], axis=1)
+    layer = layers.remat_block(DecoderLayer, self.remat, static_argnums=(3,))
     for i in range(self.num_layers):
-      x = DecoderLayer(self.dim, self.dim // self.head_dim, self.head_dim, self.mlp_dim,
-                       self.dropout, self.cross_attention, self.dtype, name=f'layer{i}')(
-                           x, context, train)
+      x = layer(self.dim, self.dim // self.head_dim, self.head_dim, self.mlp_dim, self.dropout,
+                self.cross_attention, self.dtype, self.attention, name=f'layer{i}')(
+                    x, context, train)
     x = x[:, :-1].reshape(b, h, w, self.dim)
     x = layers.group_norm(self.dim, self.dtype, 'norm_out')(x)
     return nn.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
@@ -81,6 +86,9 @@ class TransUNet(nn.Module):
       plain head with `plain_out_dim` outputs (the l2 / sigmoid ablations).
     head_value_limits: optional per-group count of values that can occur (num_classes, K); the
       head's biases of the other values start at `head_impossible_bias` (0 = the reference).
+    attention: the bottleneck's attention path (`layers.resolve_attention`).
+    remat: rematerialisation policy of each residual block and bottleneck layer
+      (`layers.REMAT_POLICIES`); None stores all activations.
   """
   dim: int = 128
   ch_multipliers: Sequence[int] = (1, 1, 2, 2)
@@ -98,6 +106,8 @@ class TransUNet(nn.Module):
   head_value_limits: Sequence[int] | None = None
   head_impossible_bias: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
+  remat: str | None = None
 
   def _head_bias_init(self, key, shape, dtype=jnp.float32):
     del key
@@ -113,6 +123,7 @@ class TransUNet(nn.Module):
     if len(self.num_res_blocks) != len(self.ch_multipliers):
       raise ValueError(f'TransUNet: num_res_blocks {tuple(self.num_res_blocks)} and ch_multipliers '
                        f'{tuple(self.ch_multipliers)} need the same length (one entry per level).')
+    block = layers.remat_block(ResBlock, self.remat, static_argnums=(3,))
     emb = layers.ScalarEmbedding(self.dim, 4 * self.dim, self.time_scaling, self.dtype,
                                  name='noise_embedding')(gamma)
     # The input conv is as wide as the first level (dim * ch_multipliers[0]), as the reference.
@@ -124,7 +135,7 @@ class TransUNet(nn.Module):
     last = len(self.ch_multipliers) - 1
     for level, mult in enumerate(self.ch_multipliers):
       for i in range(self.num_res_blocks[level]):
-        h = ResBlock(self.dim * mult, self.dropout, self.dtype, name=f'down{level}_block{i}')(
+        h = block(self.dim * mult, self.dropout, self.dtype, name=f'down{level}_block{i}')(
             h, emb, train)
         skips.append(h)
       if level < last:
@@ -133,13 +144,14 @@ class TransUNet(nn.Module):
         skips.append(h)
     h = BottleneckTransformer(self.transformer_dim, self.transformer_layers,
                               self.transformer_head_dim, self.transformer_mlp_dim, self.dropout,
-                              self.cross_attention, self.dtype, name='middle')(
+                              self.cross_attention, self.dtype, self.attention, self.remat,
+                              name='middle')(
                                   h, emb, context, train)
     for level in reversed(range(len(self.ch_multipliers))):
       for i in range(self.num_res_blocks[level] + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = ResBlock(self.dim * self.ch_multipliers[level], self.dropout, self.dtype,
-                     name=f'up{level}_block{i}')(h, emb, train)
+        h = block(self.dim * self.ch_multipliers[level], self.dropout, self.dtype,
+                  name=f'up{level}_block{i}')(h, emb, train)
       if level > 0:
         h = layers.nearest_upsample(h, 2)
         h = nn.Conv(h.shape[-1], (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
