@@ -42,6 +42,18 @@ class StepSettings:
                microbatches=config.train.microbatches)
 
 
+def check_microbatches(config: ml_collections.ConfigDict, batch_devices: int) -> None:
+  """train.microbatches must split the global batch into equal parts that each still cover
+  every device the batch is sharded over; checked at start-up."""
+  m, b = config.train.microbatches, config.train.batch_size
+  if m < 1 or b % (m * batch_devices):
+    raise ValueError(
+        f'train.microbatches={m} with train.batch_size={b} on {batch_devices} batch devices: '
+        f'each microbatch (batch_size / microbatches) must be a multiple of the device count. '
+        f'Choose microbatches among '
+        f'{[d for d in range(1, b + 1) if b % (d * batch_devices) == 0]}.')
+
+
 def cond_bits(cond_masks: jax.Array, b: bits_lib.Scale) -> jax.Array:
   """Previous frames' masks int [B, P, h, w, 2] -> analog bits [B, h, w, 16 P] (SPEC §1.4).
 

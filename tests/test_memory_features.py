@@ -363,3 +363,12 @@ def test_instance_size_weights_build_no_one_hot():
   compiled = jax.jit(losses.instance_size_weights, static_argnums=(1, 2)).lower(
       ids, 101, 0.2).compile()
   assert compiled.memory_analysis().temp_size_in_bytes < 512 * 512 * 101 * 4 / 10
+
+
+def test_microbatches_are_checked_against_the_batch_devices_at_start_up(tiny_config):
+  ok = tiny_config('train.batch_size=16', 'train.microbatches=4')
+  train_lib.check_microbatches(ok, 4)
+  with pytest.raises(ValueError, match=r'train.microbatches=4 .* 8 batch devices.*\[1, 2\]'):
+    train_lib.check_microbatches(ok, 8)
+  with pytest.raises(ValueError, match='train.microbatches=0'):
+    train_lib.check_microbatches(tiny_config('train.microbatches=0'), 1)
