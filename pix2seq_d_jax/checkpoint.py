@@ -212,7 +212,14 @@ def _merge_params(target, source, prefixes, path=(), input_groups=None):
 
 
 def init_from(state, config: ml_collections.ConfigDict, build_abstract_state, shardings):
-  """Initialises params and batch stats (online and EMA) from `config.train.init_from`."""
+  """Initialises params and batch stats (online and EMA) from `config.train.init_from`.
+
+  Besides a workdir: the authors' TF checkpoints and `torchvision:PATH` ResNet-50 weights
+  (pix2seq_d_jax/convert/pretrained.py).
+  """
+  from pix2seq_d_jax.convert import pretrained  # pylint: disable=g-import-not-at-top
+  if pretrained.source_of(config.train.init_from):
+    return pretrained.init_state(state, config, shardings)
   src_workdir, step = _resolve(config.train.init_from)
   src_config = load_config(src_workdir)
   abstract = build_abstract_state(src_config)

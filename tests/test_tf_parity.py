@@ -230,3 +230,45 @@ def test_unfilled_variable_of_ours_is_an_error():
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='no TF checkpoint'):
     tf_pix2seq.resolve(str(tmp_path / 'nothing'))
+
+
+def test_converted_workdir_predicts_and_initialises(tmp_path):
+  """The CLI's workdir is read by Predictor.from_workdir (same weights as `load`), and both it
+  and the authors' checkpoint itself are accepted by config.train.init_from."""
+  from pix2seq_d_jax import checkpoint
+  from pix2seq_d_jax import sharding
+  from pix2seq_d_jax import state as state_lib
+  from pix2seq_d_jax import train
+  from pix2seq_d_jax.convert import __main__ as convert_main
+  folder, meta, _, config = fixture('image')
+  workdir = tmp_path / 'converted'
+  convert_main.main(['--from=tf', f'--checkpoint={folder}', f'--config={ROOT / meta["config"]}',
+                     f'--workdir={workdir}'] + [f'--config.{o}' for o in meta['overrides']])
+  pred = predict.Predictor.from_workdir(str(workdir))
+  want = variables('image', True)
+  np.testing.assert_array_equal(np.asarray(pred.variables['params']['decoder']['head']['kernel']),
+                                want['params']['decoder']['head']['kernel'])
+  out = pred(np.zeros((1, 32, 32, 3), np.uint8), steps=2)
+  assert out['class'].shape == (1, 32, 32)
+
+  mesh = sharding.make_mesh((('data', -1), ('fsdp', 1)))
+  for source, module in ((str(workdir), 'decoder'), (str(folder), 'decoder'),
+                         (str(DATA / 'det'), 'encoder')):
+    cfg = fixture('det')[3] if module == 'encoder' else config
+    abstract = train.abstract_state(cfg)
+    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+    model = pix2seq_d.build_model(cfg)
+    tx, _ = state_lib.make_optimizer(cfg, 1, 0)
+    fresh = state_lib.create_state(model, tx, pix2seq_d.init_inputs(cfg), 1)
+    with cfg.unlocked():
+      cfg.train.init_from = source
+    try:
+      got = checkpoint.init_from(fresh, cfg, train.abstract_state, shardings)
+    finally:
+      with cfg.unlocked():
+        cfg.train.init_from = ''
+    ref = (tf_pix2seq.load_encoder(str(DATA / 'det'), cfg, verbose=False) if module == 'encoder'
+           else want)
+    leaf = lambda t: np.asarray(jax.tree.leaves(t['params'][module])[0])
+    np.testing.assert_array_equal(leaf({'params': got.ema_params}), leaf(ref))
+    np.testing.assert_array_equal(leaf({'params': got.params}), leaf(ref))
