@@ -14,13 +14,18 @@ Targets (one JAX device per chip or GPU):
               device), 32 GiB HBM per chip, 4 hosts x 4 chips.
   h100_x8:    one host with 8 NVIDIA H100 80 GB.
 
---activations also compiles the train step on this machine's CPU (one device, float32, batch
---batch_per_device and twice that) and reports XLA's temporary allocation, i.e. activations
-and workspace per device, from `compiled.memory_analysis()`. That is an estimate for an
+--activations also compiles the train step on this machine's CPU (one device, the config's
+model.dtype, model.attention, model.remat and train.microbatches = 1, batch --batch_per_device
+and twice that) and reports XLA's temporary allocation, i.e. activations and workspace per
+example, from `compiled.memory_analysis()`. With it, each plan gives the per-device total at
+the config's batch (global batch / devices, run in train.microbatches sequential parts): the
+state + the fixed workspace + per-example activations x examples per microbatch, whether that
+fits the device, and the fewest microbatches that would. That is an estimate for an
 accelerator: TPU and GPU programs fuse, tile and pad differently (TPU pads minor dimensions to
-128), bfloat16 compute (config.model.dtype) roughly halves activations, and the all-gathered
-parameter buffers of an fsdp mesh are not included. Without the flag it is not computed (the
-paper model's train step at 1024x1024 takes minutes to compile on a CPU).
+128), and the all-gathered parameter buffers of an fsdp mesh are not included. Without the flag
+it is not computed (the paper model's train step at 1024x1024 takes minutes to compile on a
+CPU). The 'auto' attention resolves for the CPU here (chunked for long sequences); on a GPU or
+TPU it takes the fused kernels, which hold no score matrix either.
 """
 
 import argparse
@@ -96,7 +101,8 @@ def activation_estimate(config_spec: str, overrides, batch: int) -> dict:
   from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
   out = {}
   for b in (batch, 2 * batch):
-    config = config_lib.load_config(config_spec, list(overrides) + [f'train.batch_size={b}'])
+    config = config_lib.load_config(config_spec, list(overrides) + [f'train.batch_size={b}',
+                                                                    'train.microbatches=1'])
     model = pix2seq_d.build_model(config)
     tx, schedule = state_lib.make_optimizer(config, 1000, 0)
     abstract = train.abstract_state(config, 1000, 0)
@@ -116,11 +122,36 @@ def activation_estimate(config_spec: str, overrides, batch: int) -> dict:
               'argument_bytes': int(memory.argument_size_in_bytes),
               'compile_s': round(time.perf_counter() - start, 1)}
   per_example = (out[2 * batch]['temp_bytes'] - out[batch]['temp_bytes']) / batch
-  return {'what': 'XLA:CPU temp allocation (activations + workspace) of the 1-device float32 '
-                  'train step, no rematerialisation; an estimate for TPU/GPU, see the module '
-                  'docstring',
+  m = config.model
+  return {'what': 'XLA:CPU temp allocation (activations + workspace) of the 1-device train step; '
+                  'an estimate for TPU/GPU, see the module docstring',
+          'settings': {'dtype': m.dtype, 'attention': m.attention, 'remat': m.remat,
+                       'remat_policy': m.remat_policy, 'image_size': list(m.image_size),
+                       'mask_size': list(m.mask_size)},
           'by_batch': {str(k): v for k, v in out.items()},
+          'per_example_bytes': int(per_example),
+          'fixed_bytes': int(max(out[batch]['temp_bytes'] - batch * per_example, 0)),
           'per_example_gib': round(per_example / GIB, 2)}
+
+
+def batch_plan(state_bytes: int, activations: dict, batch_per_device: float, microbatches: int,
+               hbm_bytes: int) -> dict:
+  """Per-device bytes at `batch_per_device` examples in `microbatches` parts, and the fewest
+  microbatches (dividing the per-device batch) that fit `hbm_bytes`."""
+  def total(m):
+    per_micro = batch_per_device / m
+    return state_bytes + activations['fixed_bytes'] + activations['per_example_bytes'] * per_micro
+  need = None
+  b = int(batch_per_device)
+  if b >= 1 and b == batch_per_device:
+    need = next((m for m in range(1, b + 1) if b % m == 0 and total(m) <= hbm_bytes), None)
+  free = hbm_bytes - state_bytes - activations['fixed_bytes']
+  return {'batch_per_device': batch_per_device, 'microbatches': microbatches,
+          'examples_per_microbatch': batch_per_device / microbatches,
+          'total_gib': round(total(microbatches) / GIB, 2),
+          'fits': bool(total(microbatches) <= hbm_bytes),
+          'fewest_microbatches_that_fit': need,
+          'max_examples_per_microbatch': max(int(free // activations['per_example_bytes']), 0)}
 
 
 def main():
@@ -154,6 +185,9 @@ def main():
         temp = activations['by_batch'][str(b)]['temp_bytes']
         plan[f'state_plus_activations_gib_at_batch_{b}_per_device'] = round(
             (plan['per_device_bytes'] + temp) / GIB, 3)
+        plan['config_batch'] = batch_plan(
+            plan['per_device_bytes'], activations, config.train.batch_size / target['devices'],
+            config.train.microbatches, target['hbm_bytes'])
       plans.append(plan)
     out['targets'][name] = {
         'devices': target['devices'], 'hbm_gib_per_device': round(target['hbm_bytes'] / GIB, 1),

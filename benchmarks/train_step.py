@@ -6,7 +6,7 @@
 Runs the jitted, sharded train step on random data of the config's shapes (the same function
 and shardings as training) and reports compile time, the median step time, examples per second,
 XLA's FLOP estimate (per step and per device), model FLOP utilisation against --peak_tflops when
-given, and per-device memory (live state buffers after the steps; the compiled program's
+given (model FLOPs: a rematerialised step's recomputation is not counted), and per-device memory (live state buffers after the steps; the compiled program's
 arguments, temporaries and peak).
 """
 
@@ -91,6 +91,21 @@ def main():
   # the step's total is the per-device figure times the device count.
   flops_per_device = float(cost.get('flops', float('nan')))
   flops = flops_per_device * jax.device_count()
+  # MFU counts the model's FLOPs, not the recomputation of a rematerialised step: those come
+  # from the same step without remat, lowered (not compiled: the whole, unpartitioned program,
+  # hence the division by the device count) for its cost analysis.
+  model_flops_per_device = flops_per_device
+  if config.model.remat != 'none':
+    plain = config_lib.load_config(args.config, list(args.overrides) + ['model.remat=none'])
+    plain_step = jax.jit(functools.partial(
+        train_step_lib.train_step, model=pix2seq_d.build_model(plain), tx=tx,
+        lr_schedule=schedule, settings=train_step_lib.StepSettings.from_config(plain)),
+        in_shardings=(shardings, {k: sharding.batch_sharding(mesh, v.ndim)
+                                  for k, v in local.items()}))
+    plain_cost = plain_step.lower(state, batch).cost_analysis() or {}
+    if isinstance(plain_cost, (list, tuple)):
+      plain_cost = plain_cost[0]
+    model_flops_per_device = float(plain_cost.get('flops', float('nan'))) / jax.device_count()
   state_bytes = _bytes_per_device(state)
   mem = {k: getattr(memory, f'{k}_size_in_bytes', None)
          for k in ('argument', 'output', 'alias', 'temp')}
@@ -102,6 +117,7 @@ def main():
       'gflops_per_step': round(flops / 1e9, 2),
       'gflops_per_step_per_device': round(flops_per_device / 1e9, 2),
       'achieved_tflops_per_device': round(flops_per_device / step_s / 1e12, 4),
+      'model_gflops_per_step': round(model_flops_per_device * jax.device_count() / 1e9, 2),
       'state_bytes_per_device': state_bytes,
       'state_bytes_max_per_device': max(state_bytes.values()),
       'argument_bytes_per_device': mem['argument'],
@@ -112,8 +128,11 @@ def main():
                                 mem['argument'] + mem['output'] - mem['alias'] + mem['temp']),
       'loss': float(metrics['loss']),
   }
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:            # GPU / TPU allocators report their high-water mark
+    out['device_peak_bytes_in_use'] = int(stats['peak_bytes_in_use'])
   if args.peak_tflops:
-    out['mfu'] = round(flops_per_device / step_s / (args.peak_tflops * 1e12), 4)
+    out['mfu'] = round(model_flops_per_device / step_s / (args.peak_tflops * 1e12), 4)
   print(json.dumps(out, indent=2))
 
 
