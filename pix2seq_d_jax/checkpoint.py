@@ -1,10 +1,12 @@
 """Checkpoints with orbax: asynchronous saves of the whole train state plus a JSON of metadata
 (step, data-iterator state), restore onto any mesh, partial initialisation, and the resume order.
 
-Resume order (`restore_or_init`): (1) the newest checkpoint in `workdir/checkpoints`; else (2)
-`config.train.init_from` (a workdir or a checkpoint step directory), copying the parameter
-subtrees named in `config.train.init_from_prefixes` (e.g. only 'backbone'); the decoder's first
-conv is mapped by named input group (`decoder_input_groups`), so a checkpoint with or without
+Resume order (`restore_or_init`): (1) the newest readable checkpoint in `workdir/checkpoints`
+(`restore_newest_readable`: an unreadable newer one is logged with its step and error and moved
+to `workdir/checkpoints_unreadable/`; when none can be read the run stops rather than start
+over); else (2) `config.train.init_from` (a workdir or a checkpoint step directory), copying
+the parameter subtrees named in `config.train.init_from_prefixes` (e.g. only 'backbone'); the
+decoder's first conv is mapped by named input group (`decoder_input_groups`), so a checkpoint with or without
 self-conditioning or previous frames loads into any other such model, new groups starting at zero
 (an image checkpoint loaded into the video model, Decision 7); else (3) a fresh initialisation.
 """
@@ -82,6 +84,85 @@ def restore(manager: ocp.CheckpointManager, abstract_state, shardings, step: int
   return out['state'], out['meta']
 
 
+UNREADABLE_DIR = 'checkpoints_unreadable'
+
+
+class UnreadableCheckpointError(RuntimeError):
+  """No checkpoint of a workdir that holds some can be read."""
+
+
+def unfinished_saves(workdir) -> list[pathlib.Path]:
+  """Orbax's temporary folders of saves that never finished (the process stopped mid-write)."""
+  folder = checkpoint_dir(workdir)
+  return sorted(folder.glob('*.orbax-checkpoint-tmp*')) if folder.exists() else []
+
+
+def _read_error(err: Exception) -> str:
+  text = str(err).strip().splitlines()
+  return f'{type(err).__name__}: {text[0][:300] if text else ""}'
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state, shardings,
+                            workdir=None):
+  """(state, meta) of the newest checkpoint that can be read, or None when there is none.
+
+  A newer checkpoint that fails to restore (a file truncated or missing, a save cut short) is
+  logged with its step and the error. With `workdir` (training), it is then moved to
+  `workdir/checkpoints_unreadable/<step>`, kept for inspection: orbax skips every save at or
+  below the newest step it lists, so leaving it would silently drop the saves up to its step.
+
+  Raises:
+    UnreadableCheckpointError: the manager lists checkpoints but none can be read (the run must
+      not start over a workdir that holds training).
+  """
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, meta = restore(manager, abstract_state, shardings, step)
+      if not isinstance(meta, dict) or meta.get('step') != step:
+        raise ValueError(f'its metadata {meta!r} does not hold step {step}')
+    except Exception as err:  # pylint: disable=broad-except  # Any failure: try an older one.
+      logging.warning('Checkpoint step %d in %s cannot be read (%s); trying the next older one.',
+                      step, manager.directory, _read_error(err))
+      failures.append((step, err))
+      continue
+    if failures and workdir is not None:
+      _move_unreadable(manager, workdir, [s for s, _ in failures])
+    if failures:
+      logging.warning('Resuming from step %d, the newest readable checkpoint; unreadable: %s.',
+                      step, ', '.join(f'step {s} ({_read_error(e)})' for s, e in failures))
+    return state, meta
+  if failures:
+    raise UnreadableCheckpointError(
+        f'{manager.directory} holds checkpoints at steps {[s for s, _ in failures]} but none can '
+        'be read: ' + '; '.join(f'step {s}: {_read_error(e)}' for s, e in failures) +
+        '. Nothing was changed. If the model config changed, train with the config of '
+        f'{CONFIG_FILE} in the workdir; to start over, use a new --workdir.') from failures[0][1]
+  return None
+
+
+def _move_unreadable(manager: ocp.CheckpointManager, workdir, steps) -> None:
+  manager.wait_until_finished()
+  if jax.process_count() > 1:
+    # pylint: disable-next=g-import-not-at-top
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('checkpoint: before moving unreadable steps')
+  if jax.process_index() == 0:
+    target_root = pathlib.Path(workdir) / UNREADABLE_DIR
+    target_root.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target = target_root / str(step)
+      n = 1
+      while target.exists():
+        target = target_root / f'{step}.{n}'
+        n += 1
+      (checkpoint_dir(workdir) / str(step)).rename(target)
+      logging.warning('Moved the unreadable checkpoint of step %d to %s.', step, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('checkpoint: after moving unreadable steps')
+  manager.reload()
+
+
 def save_config(workdir, config: ml_collections.ConfigDict) -> None:
   path = pathlib.Path(workdir) / CONFIG_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +185,12 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   if not path.exists():
     raise FileNotFoundError(f'{path} is missing: {workdir} is not a pix2seq_d_jax workdir (train '
                             'with python -m pix2seq_d_jax.main --workdir=... first).')
-  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+  try:
+    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+  except (ValueError, OSError) as err:
+    raise ValueError(f'{path} cannot be read ({_read_error(err)}): the workdir\'s config is '
+                     'damaged; restore it from a copy (it is the config the run was started '
+                     'with).') from err
 
 
 def _resolve(init_from: str) -> tuple[pathlib.Path, int | None]:
@@ -226,8 +312,20 @@ def init_from(state, config: ml_collections.ConfigDict, build_abstract_state, sh
   replicated = jax.tree.map(lambda _: jax.sharding.NamedSharding(
       jax.tree.leaves(shardings)[0].mesh, jax.sharding.PartitionSpec()), abstract)
   manager = make_manager(src_workdir, src_config, read_only=True)
-  src_state, _ = restore(manager, abstract, replicated, step)
-  manager.close()
+  where = f'config.train.init_from={config.train.init_from!r}'
+  if step is None:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{where}: {checkpoint_dir(src_workdir)} holds no checkpoint; '
+                              'point init_from at a workdir that has trained.')
+  try:
+    src_state, _ = restore(manager, abstract, replicated, step)
+  except Exception as err:
+    raise ValueError(f'{where}: checkpoint step {step} in {checkpoint_dir(src_workdir)} cannot '
+                     f'be read ({_read_error(err)}); point init_from at a readable checkpoint, '
+                     'e.g. an older one as <workdir>/checkpoints/<step>.') from err
+  finally:
+    manager.close()
   prefixes = tuple(config.train.init_from_prefixes)
   src_params = jax.device_get(src_state.ema_params)
   src_stats = jax.device_get(src_state.ema_batch_stats)
@@ -252,7 +350,17 @@ def load_for_inference(workdir, step: int | None = None):
   manager = make_manager(workdir, config, read_only=True)
   if manager.latest_step() is None:
     raise FileNotFoundError(f'{checkpoint_dir(workdir)} holds no checkpoint yet.')
-  state, meta = restore(manager, abstract, jax.tree.map(lambda _: sharding.replicated(mesh),
-                                                        abstract), step)
-  manager.close()
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  try:
+    if step is None:     # The newest readable one (an unreadable newer one is logged).
+      state, meta = restore_newest_readable(manager, abstract, shardings)
+    else:
+      try:
+        state, meta = restore(manager, abstract, shardings, step)
+      except Exception as err:
+        raise ValueError(f'--step={step}: checkpoint step {step} in {checkpoint_dir(workdir)} '
+                         f'cannot be read ({_read_error(err)}); the readable steps are tried '
+                         'newest first without --step.') from err
+  finally:
+    manager.close()
   return config, state, meta

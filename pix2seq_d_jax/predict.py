@@ -53,16 +53,17 @@ def check_sampler_args(steps, td=None, *, steps_key: str = 'steps', td_key: str 
   steps is an integer >= 1 and td a finite number >= 0 (see the module docstring). A traced td
   (inside jit) is not checked."""
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-    raise ValueError(f'{where}{steps_key}={steps!r}: the number of DDIM steps must be an integer >= 1 '
-                     f'(0 steps would return all-void maps); set {steps_key} to e.g. 20.')
+    raise ValueError(f'{where}{steps_key}={steps!r}: the number of DDIM steps must be an '
+                     f'integer >= 1 (0 steps would return all-void maps); set {steps_key} to '
+                     'e.g. 20.')
   if td is None or isinstance(td, jax.core.Tracer):
     return
   value = np.asarray(td)
   if value.ndim or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value) or (
       value < 0):
-    raise ValueError(f'{where}{td_key}={td!r}: the time difference must be a finite number >= 0 (0: '
-                     f'plain DDIM, the paper uses 1.0; a negative td runs time backwards); set '
-                     f'{td_key} to e.g. 1.0.')
+    raise ValueError(f'{where}{td_key}={td!r}: the time difference must be a finite number '
+                     '>= 0 (0: plain DDIM, the paper uses 1.0; a negative td runs time '
+                     f'backwards); set {td_key} to e.g. 1.0.')
 
 
 def check_eval_config(config: ml_collections.ConfigDict) -> None:

@@ -140,6 +140,8 @@ class Trainer:
     predict.check_eval_config(config)       # bad sampler settings fail here, not at the eval
     video.check_frames(config, self.source.is_video)
     self.mesh = sharding.make_mesh(config.mesh)
+    train_step_lib.check_microbatches(
+        config, int(np.prod([self.mesh.shape[a] for a in sharding.BATCH_AXES])))
     n_train = self.source.num_examples('train')
     self.total_steps = num_train_steps(config, n_train)
     warmup = num_warmup_steps(config, n_train)
@@ -157,11 +159,19 @@ class Trainer:
 
   def restore_or_init(self):
     """(state, start step): newest checkpoint, else config.train.init_from, else fresh."""
-    if self.manager.latest_step() is not None:
-      state, meta = checkpoint.restore(self.manager, self.abstract, self.shardings)
+    for unfinished in checkpoint.unfinished_saves(self.workdir):
+      logging.warning('%s is a save that never finished (the process stopped while writing '
+                      'it); it is ignored.', unfinished)
+    restored = checkpoint.restore_newest_readable(self.manager, self.abstract, self.shardings,
+                                                  self.workdir)
+    if restored is not None:
+      state, meta = restored
       logging.info('Resumed from %s at step %d.', checkpoint.checkpoint_dir(self.workdir),
                    meta['step'])
       return state, int(meta['step'])
+    if (self.workdir / checkpoint.CONFIG_FILE).exists():
+      logging.warning('%s holds an earlier run\'s %s but no checkpoint: starting at step 0.',
+                      self.workdir, checkpoint.CONFIG_FILE)
     state = jax.jit(self._create, out_shardings=self.shardings)()
     if self.config.train.init_from:
       state = checkpoint.init_from(state, self.config, abstract_state, self.shardings)
@@ -324,7 +334,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   if trainer.manager.latest_step() is None:
     raise FileNotFoundError(f'{checkpoint.checkpoint_dir(workdir)} holds no checkpoint: train '
                             'first (--mode=train or train_and_eval).')
-  state, meta = checkpoint.restore(trainer.manager, trainer.abstract, trainer.shardings, step)
+  if step is None:     # The newest readable one (an unreadable newer one is logged).
+    state, meta = checkpoint.restore_newest_readable(trainer.manager, trainer.abstract,
+                                                     trainer.shardings)
+  else:
+    state, meta = checkpoint.restore(trainer.manager, trainer.abstract, trainer.shardings, step)
   writer = metric_writers.create_default_writer(
       str(workdir), just_logging=jax.process_index() != 0)
   metrics = trainer.evaluate(state, int(meta['step']), writer, **overrides)
