@@ -72,8 +72,8 @@ class ResNetC4(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool):
     x = _conv(self.width, 7, 2, self.dtype, 'stem_conv')(images.astype(self.dtype))
-    x = nn.BatchNorm(use_running_average=self.frozen_bn or not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                     name='stem_bn')(x)
+    x = nn.BatchNorm(use_running_average=self.frozen_bn or not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, name='stem_bn')(x)
     # 'same': TF's SAME pooling of the reference (padding at the bottom / right); 'torch': one
     # pixel on every side, as torchvision's ResNet (pix2seq_d_jax/convert/torchvision_resnet.py).
     pool_pad = {'same': 'SAME', 'torch': ((1, 1), (1, 1))}.get(self.stem_pool)
