@@ -57,6 +57,21 @@ def checkpoint_dir(workdir) -> pathlib.Path:
   return pathlib.Path(workdir) / 'checkpoints'
 
 
+class WriteError(OSError):
+  """The workdir cannot be written (disk full, read-only, not a directory); keeps the errno."""
+
+  @classmethod
+  def of(cls, err: Exception, message: str) -> 'WriteError':
+    code = getattr(err, 'errno', None)
+    return cls(code, message) if code is not None else cls(message)
+
+
+def _unwritable(path, err: Exception, what: str) -> WriteError:
+  return WriteError.of(err, f'{what} {path} failed ({_read_error(err)}): the disk is full or '
+                       'the workdir is not writable. Free space or pass a writable --workdir, '
+                       'then rerun the same command.')
+
+
 def make_manager(workdir, config: ml_collections.ConfigDict,
                  read_only: bool = False) -> ocp.CheckpointManager:
   _register_array_handler()
@@ -64,14 +79,56 @@ def make_manager(workdir, config: ml_collections.ConfigDict,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=t.keep_checkpoints, keep_period=t.keep_every_steps or None,
       enable_async_checkpointing=True, create=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir).absolute(), options=options)
+  try:
+    return ocp.CheckpointManager(checkpoint_dir(workdir).absolute(), options=options)
+  except OSError as err:
+    if read_only:
+      raise
+    raise _unwritable(checkpoint_dir(workdir), err, 'Creating') from err
+
+
+def _save_failed(manager: ocp.CheckpointManager, err: Exception, step=None) -> WriteError:
+  """The error of a checkpoint write that failed: its step, the error, the step kept."""
+  if step is None:      # An asynchronous save in flight: the newest unfinished folder.
+    pending = [int(p.name.split('.')[0]) for p in
+               pathlib.Path(manager.directory).glob('*.orbax-checkpoint-tmp*')
+               if p.name.split('.')[0].isdigit()]
+    step = max(pending) if pending else '?'
+  try:
+    manager.reload()
+    kept = manager.latest_step()
+  except Exception:  # pylint: disable=broad-except  # Report the write error, not this one.
+    kept = None
+  kept_text = (f'The last good checkpoint, step {kept}, is kept; rerun the same command to '
+               f'resume from it.' if kept is not None else 'No earlier checkpoint exists.')
+  return WriteError.of(err, f'Writing the checkpoint of step {step} to {manager.directory} '
+                       f'failed ({_read_error(err)}): the disk is full or the workdir is not '
+                       f'writable. {kept_text} Free space or make the workdir writable first.')
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight; its failure (e.g. ENOSPC) becomes a WriteError."""
+  try:
+    manager.wait_until_finished()
+  except Exception as err:  # pylint: disable=broad-except  # Any failure of the background write.
+    raise _save_failed(manager, err) from err
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict, force: bool = False) -> bool:
-  """Starts an asynchronous save of `state` and `meta` (JSON) at `state.step`."""
+  """Starts an asynchronous save of `state` and `meta` (JSON) at `state.step`.
+
+  Raises:
+    WriteError: this save, or the previous one (still in flight until now), could not be
+      written; the message names the step and the last good checkpoint, which is kept.
+  """
   step = int(jax.device_get(state.step))
-  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)), force=force)
+  wait_until_finished(manager)    # A failed earlier save is reported with its own step.
+  try:
+    return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)),
+                        force=force)
+  except OSError as err:
+    raise _save_failed(manager, err, step) from err
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, shardings, step: int | None = None):
@@ -165,10 +222,13 @@ def _move_unreadable(manager: ocp.CheckpointManager, workdir, steps) -> None:
 
 def save_config(workdir, config: ml_collections.ConfigDict) -> None:
   path = pathlib.Path(workdir) / CONFIG_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp')
-  tmp.write_text(config.to_json_best_effort(indent=2))
-  tmp.replace(path)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(config.to_json_best_effort(indent=2))
+    tmp.replace(path)
+  except OSError as err:
+    raise _unwritable(path, err, 'Writing') from err
 
 
 def _tuples(x):

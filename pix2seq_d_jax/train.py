@@ -115,7 +115,7 @@ class _FinishSavesOnError:
   def __exit__(self, exc_type, exc, tb):
     if exc_type is not None:
       try:
-        self.manager.wait_until_finished()
+        checkpoint.wait_until_finished(self.manager)
       except Exception:  # pylint: disable=broad-except  # Keep the original error.
         logging.exception('Finishing the checkpoint in flight failed.')
     return False
@@ -224,7 +224,12 @@ def _write_run_files(trainer: Trainer) -> None:
     return
   checkpoint.save_config(trainer.workdir, trainer.config)
   path = trainer.workdir / 'categories.json'
-  path.write_text(json.dumps(trainer.source.categories, indent=1))
+  try:
+    path.write_text(json.dumps(trainer.source.categories, indent=1))
+  except OSError as err:
+    raise checkpoint.WriteError.of(err, f'Writing {path} failed ({err}): the disk is full or '
+                                   'the workdir is not writable; free space or pass a writable '
+                                   '--workdir.') from err
 
 
 def _check_finite(window: list, first_step: int) -> None:
@@ -312,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           _check_finite(jax.device_get(window), first_in_window)
         trainer.save(state, force=stop)
       if stop:
-        trainer.manager.wait_until_finished()
+        checkpoint.wait_until_finished(trainer.manager)
         logging.warning('Checkpoint of step %d written; exiting after SIGTERM.', done)
         writer.close()
         raise SystemExit(143)
@@ -320,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         last_metrics = trainer.evaluate(state, done, writer)
   if evaluate and start >= total:
     last_metrics = trainer.evaluate(state, total, writer)
-  trainer.manager.wait_until_finished()
+  checkpoint.wait_until_finished(trainer.manager)
   trainer.manager.close()
   writer.close()
   return last_metrics
