@@ -96,6 +96,11 @@ def main(argv):
   if metrics:
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     logging.info('Result: %s', json.dumps(summary))
+  if metrics and metrics.get('skipped'):
+    # Every usable file was predicted; the exit status says that some were not.
+    logging.error('--mode=predict skipped %d unusable files: %s', len(metrics['skipped']),
+                  ', '.join(metrics['skipped']))
+    raise SystemExit(1)
 
 
 def run():

@@ -346,3 +346,18 @@ def mock_tfds(data_dir, examples: dict[str, list[dict]]):
     return ds.map(lambda s: features.deserialize_example(s, decoders=decoders))
 
   return tfds.testing.mock_data(as_dataset_fn=as_dataset_fn, data_dir=str(data_dir))
+
+
+def write_png_header_only(path, width: int, height: int) -> None:
+  """A PNG whose header declares width x height RGB pixels but holds only a few: enough for a
+  reader that checks the size first (PIL's decompression-bomb limit) without writing gigabytes."""
+  import struct  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+
+  def chunk(kind, body):
+    return (struct.pack('>I', len(body)) + kind + body
+            + struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF))
+  ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+  pathlib.Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr)
+                                 + chunk(b'IDAT', zlib.compress(b'\0' * 64))
+                                 + chunk(b'IEND', b''))

@@ -266,3 +266,33 @@ def test_not_json_is_an_error_naming_the_file(tmp_path):
   assert_reported(run_check(config), 'json', 'not valid JSON')
   with pytest.raises(coco_format.PanopticFormatError, match='not valid JSON'):
     data.get_source(config.dataset).num_examples('train')
+
+
+# ---------------------------------------------------------------------------------------------
+# Empty and oversized image files (tests/test_predict_files.py: the same files for --mode=predict).
+
+
+def test_empty_image_file_is_named_by_the_check_and_by_training(tmp_path):
+  f, config = make(tmp_path)
+  path = image_path(f)
+  path.write_bytes(b'')
+  assert_reported(run_check(config), 'unreadable', f'{path}: the image file is empty')
+  message = train_error(config)
+  assert str(path) in message and 'is empty' in message
+
+
+def test_oversized_image_is_named_by_the_check(tmp_path):
+  """An image past PIL's decompression-bomb limit (its header says 20000 x 20000): the check
+  reports the file and its size instead of crashing."""
+  f, config = make(tmp_path)
+  path = image_path(f)
+  png = path.with_suffix('.png')
+  fx.write_png_header_only(png, 20000, 20000)
+  if png != path:
+    path.unlink()
+    json_data = fx.read_json(f.json)
+    for im in json_data['images']:
+      if im['file_name'] == path.name:
+        im['file_name'] = png.name
+    fx.write_json(f.json, json_data)
+  assert_reported(run_check(config), 'too_large', f'{png}: Image size (400000000 pixels)')

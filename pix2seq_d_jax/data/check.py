@@ -87,6 +87,10 @@ def check_image_file(path: str, shared: _Shared) -> tuple[int, int] | None:
     with Image.open(path) as im:
       fmt, mode, size = im.format, im.mode, im.size
       im.load()
+  except Image.DecompressionBombError as e:
+    shared.error('too_large', f'{path}: {e}; downscale the image (training would decode it '
+                 'whole on every read)')
+    return None
   except (OSError, SyntaxError, ValueError) as e:
     shared.error('unreadable', f'{path}: the image cannot be decoded ({e}); re-download it or '
                  're-encode it as JPEG or PNG')
