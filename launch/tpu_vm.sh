@@ -378,7 +378,10 @@ step_install() {
 #   gcloud --worker=all stream can be split into one local file per worker;
 # - records the training process id (the subshell's pid, kept by exec) for
 #   `stop`, and forwards SIGTERM/SIGINT/SIGHUP to training, which writes a
-#   checkpoint and exits.
+#   checkpoint and exits;
+# - removes that record only once training has exited AND its log writers
+#   (tee, sed) have written its last lines: a stop that waits for the record to
+#   go (Ctrl-C during `run`) then knows the checkpoint message is in run.log.
 run_script() {
   local main
   main=$(shjoin .venv/bin/python -m pix2seq_d_jax.main "--config=$CONFIG" "--workdir=$WORKDIR" \
@@ -390,9 +393,9 @@ run_script() {
     "worker=\$(curl -sf --max-time 10 -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/tpu-env | sed -n \"s/^WORKER_ID: *'*\\([0-9][0-9]*\\).*/\\1/p\")" \
     'if [ -z "$worker" ]; then h=$(hostname); case $h in *-w-[0-9]*) worker=${h##*-w-} ;; *) worker=0 ;; esac; fi' \
     'export PYTHONUNBUFFERED=1' \
-    "( echo \$BASHPID > $RPID; exec $main ) > >(tee -p -a $RLOG | sed -u \"s/^/[worker \$worker] /\") 2>&1 < /dev/null &" \
+    "{ ( echo \$BASHPID > $RPID; exec $main ) 2>&1 < /dev/null | tee -p -a $RLOG | sed -u \"s/^/[worker \$worker] /\"; exit \"\${PIPESTATUS[0]}\"; } &" \
     'pid=$!' \
-    "trap 'kill -TERM \$pid 2>/dev/null' TERM INT HUP" \
+    "trap 'kill -TERM \"\$(cat $RPID 2>/dev/null)\" 2>/dev/null' TERM INT HUP" \
     'while :; do wait $pid; rc=$?; kill -0 $pid 2>/dev/null || break; done' \
     "rm -f $RPID" \
     'exit $rc'
@@ -412,7 +415,7 @@ step_run() {
   printf '%s: worker logs in %s/worker-<i>.log\n' "$PROG" "$logdir" >&2
   # Ctrl-C here stops training on every worker (it checkpoints first); a lost
   # connection does not.
-  trap 'trap - INT TERM; printf "\n%s: stopping training on all workers\n" "$PROG" >&2; step_stop; exit 130' INT TERM
+  trap 'trap - INT TERM; printf "\n%s: stopping training on all workers\n" "$PROG" >&2; step_stop wait; exit 130' INT TERM
   # Lines without a worker prefix (gcloud and ssh messages) go to gcloud.log and
   # the terminal.
   local rc=0 awk=(awk)
@@ -438,8 +441,17 @@ step_run() {
   return "$rc"
 }
 
+# `step_stop wait` (Ctrl-C during run) also waits, up to STOP_WAIT_S seconds,
+# until each worker's training has checkpointed and exited (its run.pid record
+# is removed only then), so the script does not return while checkpoints are
+# still being written (e.g. before a `delete` of the VM).
+STOP_WAIT_S=${STOP_WAIT_S:-600}
 step_stop() {
-  ssh_all "if [ -f $RPID ] && kill -TERM \"\$(cat $RPID)\" 2>/dev/null; then echo sent SIGTERM to training; else echo no training running; fi"
+  local wait_cmd=''
+  if [ "${1:-}" = wait ]; then
+    wait_cmd="; n=0; while [ -f $RPID ] && [ \$n -lt $((STOP_WAIT_S * 5)) ]; do sleep 0.2; n=\$((n + 1)); done; if [ -f $RPID ]; then echo \"training still running after ${STOP_WAIT_S}s\"; else echo training stopped; fi"
+  fi
+  ssh_all "if [ -f $RPID ] && kill -TERM \"\$(cat $RPID)\" 2>/dev/null; then echo sent SIGTERM to training$wait_cmd; else echo no training running; fi"
 }
 
 step_delete() {

@@ -405,10 +405,15 @@ def test_tpu_run_exit_status(fake, codes, expected):
 
 
 def test_tpu_ctrl_c_stops_training_on_all_workers(fake):
-  """Ctrl-C ends the local gcloud; the script then sends SIGTERM to training on every worker."""
+  """Ctrl-C ends the local gcloud; the script then sends SIGTERM to training on every worker
+  and returns only once each has checkpointed and exited, its last lines in run.log.
+
+  The fake training takes a while to checkpoint (0.5 s), so a script that returned right after
+  sending SIGTERM (as it once did, and the test then polled run.log against a deadline) fails.
+  """
   for i in range(2):
     write_exe(worker_home(fake, i) / 'pix2seq_d_jax' / '.venv' / 'bin' / 'python', r'''#!/bin/bash
-trap 'echo "checkpoint of $FAKE_WORKER written"; exit 143' TERM
+trap 'sleep 0.5; echo "checkpoint of $FAKE_WORKER written"; exit 143' TERM
 echo "training $FAKE_WORKER"
 while :; do sleep 0.05; done
 ''')
@@ -424,7 +429,7 @@ while :; do sleep 0.05; done
       assert time.monotonic() < deadline and proc.poll() is None
       time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    _, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=60)
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
@@ -432,12 +437,11 @@ while :; do sleep 0.05; done
   assert 'stopping training on all workers' in stderr
   stop = calls(fake, 'gcloud')[-1]
   assert b'--worker=all' in stop and b'kill -TERM' in stop[-1]
+  assert stdout.count('training stopped') == 2, stdout
   for i in range(2):
-    run_log = fake['tmp'] / 'homes' / f'w{i}' / 'pix2seq_d_jax_logs' / 'run.log'
-    deadline = time.monotonic() + 5
-    while f'checkpoint of {i} written' not in run_log.read_text():
-      assert time.monotonic() < deadline, run_log.read_text()
-      time.sleep(0.05)
+    logs = fake['tmp'] / 'homes' / f'w{i}' / 'pix2seq_d_jax_logs'
+    assert f'checkpoint of {i} written' in (logs / 'run.log').read_text()
+    assert not (logs / 'run.pid').exists()
 
 
 def test_tpu_stop_sends_sigterm_to_training(fake):
