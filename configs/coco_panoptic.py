@@ -24,6 +24,17 @@ colour jitter 1.0) then `stage=high` (batch 16, 15 epochs, lr 1e-5, no jitter). 
 gives both stages the 1024² image / 512² mask sizes (SPEC §3.8), and so do we.
 `runlocal` is a smoke test: a small model of the same architecture on 64² images.
 
+Memory (README "Memory on accelerators"; `python benchmarks/memory_plan.py --activations`): the
+shared defaults take `model.attention='auto'` (cuDNN flash attention on GPU in bfloat16, the
+Pallas flash kernel on TPU, else a chunked online-softmax path for the 4,096-token sequences),
+which brings the per-example activation estimate from 76.8 to 21.6 GiB (float32, measured with
+XLA:CPU's buffer assignment). `stage=low` runs its batch of 512 as `train.microbatches=32`
+sequential parts: 1 example per microbatch per chip on a v4-32 slice (16 chips), 2 per GPU on
+8 x H100 (each under its memory with the state, per that plan). `stage=high` (batch 16) keeps one
+pass: 2 examples per GPU on 8 GPUs; on one GPU add `--config.train.microbatches=8`. bfloat16
+(`--config.model.dtype=bfloat16`) and `model.remat=blocks` are options, not defaults: neither
+lowered the CPU estimate here (19.6 and 22.4 GiB) and no accelerator was available to measure them.
+
 Paper result: 50.3 PQ on COCO val2017 with 20 sampling steps (Chen et al. 2022). Not reproduced by
 this project yet (no TPU pod was available); see README "Expected results".
 """
@@ -72,6 +83,7 @@ def get_config(arg=None):
     c.train.learning_rate = 1e-4
     c.train.warmup_epochs = 5.0
     c.train.checkpoint_every_steps = 2310  # ~10 epochs
+    c.train.microbatches = 32              # 512 = 32 x 16: fits 16 chips or 8 GPUs (docstring)
     c.dataset.min_scale = 1.0
     c.dataset.max_scale = 3.0
     c.dataset.color_jitter = 1.0
@@ -83,6 +95,7 @@ def get_config(arg=None):
     c.model.mask_size = (32, 32)
     c.dataset.shuffle_buffer = 64
     c.train.batch_size = 2
+    c.train.microbatches = 1
     c.train.num_steps = 2
     c.train.log_every_steps = 1
     c.train.checkpoint_every_steps = 2
