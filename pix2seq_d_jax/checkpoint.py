@@ -379,11 +379,10 @@ def init_from(state, config: ml_collections.ConfigDict, build_abstract_state, sh
       raise FileNotFoundError(f'{where}: {checkpoint_dir(src_workdir)} holds no checkpoint; '
                               'point init_from at a workdir that has trained.')
   try:
-    src_state, _ = restore(manager, abstract, replicated, step)
-  except Exception as err:
-    raise ValueError(f'{where}: checkpoint step {step} in {checkpoint_dir(src_workdir)} cannot '
-                     f'be read ({_read_error(err)}); point init_from at a readable checkpoint, '
-                     'e.g. an older one as <workdir>/checkpoints/<step>.') from err
+    src_state, _ = _restore_step(
+        manager, abstract, replicated, step, src_workdir, where,
+        'point init_from at a readable checkpoint, e.g. an older one as '
+        '<workdir>/checkpoints/<step>')
   finally:
     manager.close()
   prefixes = tuple(config.train.init_from_prefixes)
@@ -398,6 +397,15 @@ def init_from(state, config: ml_collections.ConfigDict, build_abstract_state, sh
                       ema_batch_stats=jax.tree.map(np.copy, stats))
   logging.info('Initialised %s from %s.', ', '.join(prefixes), config.train.init_from)
   return jax.device_put(new, shardings)
+
+
+def _restore_step(manager, abstract, shardings, step, workdir, where: str, fix: str):
+  """`restore` of one named step; an unreadable one is a ValueError naming it and the fix."""
+  try:
+    return restore(manager, abstract, shardings, step)
+  except Exception as err:
+    raise ValueError(f'{where}: checkpoint step {step} in {checkpoint_dir(workdir)} cannot be '
+                     f'read ({_read_error(err)}); {fix}.') from err
 
 
 def load_for_inference(workdir, step: int | None = None):
@@ -415,12 +423,8 @@ def load_for_inference(workdir, step: int | None = None):
     if step is None:     # The newest readable one (an unreadable newer one is logged).
       state, meta = restore_newest_readable(manager, abstract, shardings)
     else:
-      try:
-        state, meta = restore(manager, abstract, shardings, step)
-      except Exception as err:
-        raise ValueError(f'--step={step}: checkpoint step {step} in {checkpoint_dir(workdir)} '
-                         f'cannot be read ({_read_error(err)}); the readable steps are tried '
-                         'newest first without --step.') from err
+      state, meta = _restore_step(manager, abstract, shardings, step, workdir, f'--step={step}',
+                                  'the readable steps are tried newest first without --step')
   finally:
     manager.close()
   return config, state, meta
