@@ -1,16 +1,11 @@
 """Every config file and variant loads, and every key it sets is read by the package.
 
-"Read" is decided from the package's source (pix2seq_d_jax/**/*.py) with `ast`:
-  - qualified reads: attribute chains, `x.get('k')`, `getattr(x, 'k')` and `x['k']` whose base
-    resolves to a config section: `config`, a parameter named `<section>_config`, a local alias
-    (`d = config.dataset`, `e = m.encoder`) or a `self.<attr>` alias that a class of the module
-    sets from one of those;
-  - unqualified reads: any attribute name or string constant, credited to the sections that its
-    scope (the enclosing top-level function or class, or the whole module for module-level
-    code) mentions by name.
-A key `a.b.leaf` counts as read if `a.b.leaf` is read qualified, or `leaf` is read unqualified in
-a scope that mentions `b`. A typo (`train.num_epoch`) or a dead key (`dataset.unused_thing`) is
-neither; the last tests show that the check catches both.
+"Read" is decided exactly, by full key path, from the package's source (pix2seq_d_jax/**/*.py)
+with `ast`: a key `a.b.leaf` is read when some expression of the package reads `leaf` from
+something that stands for the config section `a.b` (`_Reader` says what does). A name or a
+string that merely equals a key counts for nothing, so a typo (`train.num_epoch`), a dead key
+(`dataset.unused_thing`) or a made-up key whose leaf is a common word (`diffusion.steps`,
+`dataset.shape`, `eval.name`, `train.seed`) fails; the last tests show it.
 """
 
 import ast
@@ -68,34 +63,31 @@ ALL_SPECS = [f'{p.relative_to(ROOT)}' + (f':{v}' if v else '')
 # What the package reads.
 
 
-class _Scope:
-  def __init__(self):
-    self.names: set[str] = set()      # attribute names, Name ids, string constants
-    self.unqualified: set[str] = set()
+SECTIONS = ('dataset', 'model', 'train', 'eval', 'diffusion')
 
 
 class _Reader(ast.NodeVisitor):
-  """Collects qualified key paths and per-scope unqualified names of one module."""
+  """Collects the config key paths one module reads.
 
-  def __init__(self, sections: set[str]):
-    self.sections = sections
+  An expression stands for a config path when it is `config` (a parameter, or `self.config`), a
+  parameter named `<section>_config`, a local alias assigned from a config path (`d =
+  config.dataset`, `d, m = config.dataset, config.model`, `config = load_config(...)`), a `self.<attr>` alias a method of the
+  module assigns from one, or an attribute / constant subscript / `.get('k')` / `getattr(x, 'k')`
+  of such an expression. Only reads through such expressions count: a name or a string that
+  merely equals a key reads nothing. A name rebound to something else stops being an alias.
+  """
+
+  def __init__(self):
     self.qualified: set[tuple[str, ...]] = set()
-    self.scopes: list[_Scope] = []
-    self.module_scope = _Scope()
-    self._scope = self.module_scope
     self._aliases: list[dict[str, tuple[str, ...]]] = [{}]
     self._self_aliases: dict[str, tuple[str, ...]] = {}
 
-  # Scopes: a top-level function or class is one scope (with its nested definitions).
   def _visit_scope(self, node, params=()):
-    top = self._scope is self.module_scope
-    if top:
-      self._scope = _Scope()
-      self.scopes.append(self._scope)
     aliases = dict(self._aliases[-1])
     for p in params:
+      aliases.pop(p, None)
       m = re.fullmatch(r'(\w+)_config', p)
-      if m:
+      if m and m.group(1) in SECTIONS:
         aliases[p] = (m.group(1),)
       elif p == 'config':
         aliases[p] = ()
@@ -108,18 +100,18 @@ class _Reader(ast.NodeVisitor):
     else:
       self.generic_visit(node)
     self._aliases.pop()
-    if top:
-      self._scope = self.module_scope
 
   def visit_FunctionDef(self, node):
     a = node.args
     params = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+    params += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
     self._visit_scope(node, params)
 
   visit_AsyncFunctionDef = visit_FunctionDef
 
   def visit_Lambda(self, node):
-    self.generic_visit(node)
+    a = node.args
+    self._visit_scope(node, [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs])
 
   def visit_ClassDef(self, node):
     self._visit_scope(node)
@@ -127,12 +119,7 @@ class _Reader(ast.NodeVisitor):
   def resolve(self, node) -> tuple[str, ...] | None:
     """The config path an expression stands for, or None."""
     if isinstance(node, ast.Name):
-      if node.id in self._aliases[-1]:
-        return self._aliases[-1][node.id]
-      m = re.fullmatch(r'(\w+)_config', node.id)
-      if m:
-        return (m.group(1),)
-      return () if node.id == 'config' else None
+      return self._aliases[-1].get(node.id)
     if isinstance(node, ast.Attribute):
       if isinstance(node.value, ast.Name) and node.value.id == 'self':
         if node.attr in self._self_aliases:
@@ -147,22 +134,73 @@ class _Reader(ast.NodeVisitor):
         return base + (key.value,)
     return None
 
-  def _note(self, name: str):
-    self._scope.names.add(name)
+  def _bind(self, target, value):
+    """Records `target = value`: an alias when value is a config path, else drops the alias."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+      values = value.elts if isinstance(value, (ast.Tuple, ast.List)) and len(
+          value.elts) == len(target.elts) else [None] * len(target.elts)
+      for t, v in zip(target.elts, values):
+        self._bind(t, v)
+      return
+    path = None if value is None else self.resolve(value)
+    if (isinstance(value, ast.Call) and getattr(value.func, 'attr',
+                                                getattr(value.func, 'id', None)) == 'load_config'):
+      path = ()
+    if isinstance(target, ast.Name):
+      if path is None:
+        self._aliases[-1].pop(target.id, None)
+      else:
+        self._aliases[-1][target.id] = path
+    elif (path is not None and isinstance(target, ast.Attribute)
+          and isinstance(target.value, ast.Name) and target.value.id == 'self'):
+      self._self_aliases[target.attr] = path
 
   def visit_Assign(self, node):
-    path = self.resolve(node.value)
+    self.visit(node.value)
     for target in node.targets:
-      if path is not None and isinstance(target, ast.Name):
-        self._aliases[-1][target.id] = path
-      if (path is not None and isinstance(target, ast.Attribute)
-          and isinstance(target.value, ast.Name) and target.value.id == 'self'):
-        self._self_aliases[target.attr] = path
-    self.generic_visit(node)
+      self._bind(target, node.value)
+      if not isinstance(target, ast.Name):
+        self.visit(target)
+
+  def visit_AnnAssign(self, node):
+    if node.value is not None:
+      self.visit(node.value)
+      self._bind(node.target, node.value)
+
+  def _rebinds(self, target):
+    for n in ast.walk(target):
+      if isinstance(n, ast.Name):
+        self._aliases[-1].pop(n.id, None)
+
+  def visit_For(self, node):
+    self.visit(node.iter)
+    self._rebinds(node.target)
+    for child in node.body + node.orelse:
+      self.visit(child)
+
+  def _visit_comp(self, node):
+    # The generators bind before the element is evaluated, in a scope of their own.
+    self._aliases.append(dict(self._aliases[-1]))
+    for gen in node.generators:
+      self.visit(gen)
+    for elt in ([node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]):
+      self.visit(elt)
+    self._aliases.pop()
+
+  visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _visit_comp
+
+  def visit_comprehension(self, node):
+    self.visit(node.iter)
+    self._rebinds(node.target)
+    for cond in node.ifs:
+      self.visit(cond)
+
+  def visit_withitem(self, node):
+    self.visit(node.context_expr)
+    if node.optional_vars is not None:
+      self._rebinds(node.optional_vars)
 
   def visit_Attribute(self, node):
-    self._note(node.attr)
-    self._scope.unqualified.add(node.attr)
     path = self.resolve(node)
     if path:
       self.qualified.add(path)
@@ -182,6 +220,9 @@ class _Reader(ast.NodeVisitor):
       base = self.resolve(func.value)
       if base is not None:
         self.qualified.add(base + (args[0].value,))
+        for child in [func.value] + args + node.keywords:   # `.get` itself is no key
+          self.visit(child)
+        return
     if (isinstance(func, ast.Name) and func.id in ('getattr', 'hasattr') and len(args) >= 2
         and isinstance(args[1], ast.Constant) and isinstance(args[1].value, str)):
       base = self.resolve(args[0])
@@ -189,36 +230,16 @@ class _Reader(ast.NodeVisitor):
         self.qualified.add(base + (args[1].value,))
     self.generic_visit(node)
 
-  def visit_Name(self, node):
-    self._note(node.id)
-    m = re.fullmatch(r'(\w+)_config', node.id)
-    if m:
-      self._note(m.group(1))
-
-  def visit_Constant(self, node):
-    if isinstance(node.value, str):
-      self._note(node.value)
-      self._scope.unqualified.add(node.value)
-
 
 @functools.lru_cache(maxsize=None)
-def package_reads(sections: frozenset) -> tuple[frozenset, dict]:
-  """(qualified paths, {leaf: set of sections some scope reading `leaf` mentions})."""
+def package_reads() -> frozenset:
+  """Every config key path that some code path of pix2seq_d_jax reads."""
   qualified = set()
-  credited: dict[str, set[str]] = {}
   for path in sorted(PACKAGE.rglob('*.py')):
-    reader = _Reader(set(sections))
+    reader = _Reader()
     reader.visit(ast.parse(path.read_text(), filename=str(path)))
     qualified |= reader.qualified
-    module_names = set(reader.module_scope.names)
-    for scope in reader.scopes:
-      module_names |= scope.names
-    for scope, names in [(s, s.names) for s in reader.scopes] + [(reader.module_scope,
-                                                                  module_names)]:
-      mentioned = {n for n in names if n in sections} | ({''} if 'config' in names else set())
-      for leaf in scope.unqualified:
-        credited.setdefault(leaf, set()).update(mentioned)
-  return frozenset(qualified), credited
+  return frozenset(qualified)
 
 
 def leaf_keys(config: ml_collections.ConfigDict, prefix=()) -> list[tuple[str, ...]]:
@@ -232,27 +253,10 @@ def leaf_keys(config: ml_collections.ConfigDict, prefix=()) -> list[tuple[str, .
   return out
 
 
-def section_names(config: ml_collections.ConfigDict) -> frozenset:
-  names = set()
-  for key in config.keys():
-    if isinstance(config[key], ml_collections.ConfigDict):
-      names.add(key)
-      names |= section_names(config[key])
-  return frozenset(names)
-
-
 def unread_keys(config: ml_collections.ConfigDict) -> list[str]:
-  qualified, credited = package_reads(section_names(config) | {'dataset', 'model', 'train',
-                                                               'eval', 'diffusion'})
-  unread = []
-  for path in leaf_keys(config):
-    if path in qualified:
-      continue
-    parent = path[-2] if len(path) > 1 else ''
-    if parent in credited.get(path[-1], set()):
-      continue
-    unread.append('.'.join(path))
-  return unread
+  """The keys of `config` that no code path of the package reads, by full path."""
+  reads = package_reads()
+  return ['.'.join(path) for path in leaf_keys(config) if path not in reads]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,17 +308,49 @@ def test_paper_settings_of_the_real_data_configs():
     assert (paper.diffusion.mask_weight_p, paper.diffusion.class_loss_weight) == (0.2, 1.0)
 
 
-def _with_extra(spec: str, section: str, key: str, value) -> ml_collections.ConfigDict:
-  config = config_lib.load_config(str(ROOT / spec))
-  with config.unlocked():
-    config[section][key] = value
-  return config
-
-
-def test_a_typo_or_a_dead_key_is_caught():
+@pytest.mark.parametrize('section, key', [
+    ('train', 'num_epoch'), ('dataset', 'unused_thing'), ('diffusion', 'train_json'),
+    # Leaves that are real keys of another section, or common words in the code.
+    ('diffusion', 'steps'), ('dataset', 'shape'), ('eval', 'name'), ('train', 'seed'),
+    ('model', 'batch_size'), ('model.encoder', 'dtype'), ('eval', 'config')])
+def test_a_typo_or_a_dead_key_is_caught(section, key):
   spec = 'configs/coco_panoptic.py:stage=low'
   assert unread_keys(config_lib.load_config(str(ROOT / spec))) == []
-  assert unread_keys(_with_extra(spec, 'train', 'num_epoch', 15.0)) == ['train.num_epoch']
-  assert unread_keys(_with_extra(spec, 'dataset', 'unused_thing', 1)) == ['dataset.unused_thing']
-  # A real key name under the wrong section is caught too when no scope of that section uses it.
-  assert unread_keys(_with_extra(spec, 'diffusion', 'train_json', '')) == ['diffusion.train_json']
+  config = config_lib.load_config(str(ROOT / spec))
+  node = config
+  for part in section.split('.'):
+    node = node[part]
+  with node.unlocked():
+    node[key] = 1
+  assert unread_keys(config) == [f'{section}.{key}']
+
+
+def _reads_of(source: str) -> set:
+  reader = _Reader()
+  reader.visit(ast.parse(source))
+  return {'.'.join(p) for p in reader.qualified}
+
+
+def test_the_reader_counts_reads_through_config_paths_only():
+  reads = _reads_of('''
+def f(config, x, dataset_config):
+  d, m = config.dataset, config.model
+  steps = x.steps + len('steps')            # a coincidental name or string: no read
+  e = m.encoder
+  v = d.min_scale + e.dim + dataset_config.flip_prob + config.get('seed', 0)
+  d = x                                     # rebound: d no longer stands for config.dataset
+  w = d.max_scale + getattr(config.train, 'batch_size') + config['eval']['steps']
+  for m in x:
+    m.width                                 # a loop variable shadows the alias
+  return [e.shape for e in x]               # so does a comprehension variable
+
+class C:
+  def __init__(self, dataset_config):
+    self.cfg = dataset_config
+
+  def g(self):
+    return self.cfg.name
+''')
+  assert reads - {'dataset', 'model', 'model.encoder', 'train', 'eval'} == {
+      'dataset.min_scale', 'model.encoder.dim', 'dataset.flip_prob', 'seed', 'train.batch_size',
+      'eval.steps', 'dataset.name'}

@@ -478,7 +478,10 @@ def build_index(json_path: str, image_dir: str, png_dir: str, problems: Problems
 def split_paths(dataset_config, split: str) -> tuple[str, str, str]:
   """(json, image folder, panoptic folder) of a split from its `SPLIT_KEYS`."""
   keys = SPLIT_KEYS[split]
-  paths = tuple(dataset_config[k] for k in keys)
+  d = dataset_config
+  # Read key by key (not through SPLIT_KEYS) so that tests/test_configs.py sees each read.
+  paths = ((d.train_json, d.train_image_dir, d.train_panoptic_dir) if split == 'train' else
+           (d.eval_json, d.eval_image_dir, d.eval_panoptic_dir))
   missing = [f'dataset.{k}' for k, p in zip(keys, paths) if not p]
   if missing:
     raise ValueError(f'{dataset_config.name}: the {split} split needs {", ".join(missing)}; '
