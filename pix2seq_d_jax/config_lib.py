@@ -7,6 +7,8 @@ import sys
 
 import ml_collections
 
+from pix2seq_d_jax import config_reads
+
 
 def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
   """Loads `configs/x.py[:arg]`, calls its `get_config(arg)`, applies overrides and locks it.
@@ -17,6 +19,9 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
 
   Returns:
     A locked ConfigDict (unknown keys raise).
+
+  Raises:
+    ValueError: the file sets a key that nothing in the package reads (`config_reads`).
   """
   path_str, _, arg = spec.partition(':')
   path = pathlib.Path(path_str).expanduser().resolve()
@@ -34,6 +39,9 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     raise ValueError(f'{path}: a config file must define get_config(arg=None).')
   config = module.get_config(arg or None)
   apply_overrides(config, overrides)
+  problem = config_reads.unread_message(config, f'--config={spec}')
+  if problem:
+    raise ValueError(problem)
   config.lock()
   return config
 
