@@ -7,7 +7,11 @@ Times (median of --repeats runs after a warm-up) the encoder alone and the whole
 total(N) = a + b N: b is the time of one decoder step, a the fixed part. Also reports XLA's FLOP
 estimates of the encoder and of one decoder pass, and the work run for each N (encoder + N
 decoder passes; the scan program itself counts its body once). Weights are randomly initialised:
-latency does not depend on their values.
+latency does not depend on their values. After the timed runs, a float32 matmul probe in the same
+process (benchmarks/matmul_probe.py, --matmul_size; 0 skips it) measures the default device's
+matmul rate (`matmul_gflops`); `achieved_gflops` and `fraction_of_matmul_rate` give, for the
+encoder, one decoder step (the fitted b) and each N's whole sampler (`sampling_N`), XLA's FLOPs
+per second and their share of that rate. `params` counts the trainable parameters.
 """
 
 import argparse
@@ -24,6 +28,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import matmul_probe
 from pix2seq_d_jax import config_lib
 from pix2seq_d_jax import predict
 from pix2seq_d_jax import state as state_lib
@@ -46,6 +51,8 @@ def main():
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--steps', default='1,5,10,20')
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--matmul_size', type=int, default=2048,
+                      help='side of the square float32 matmul probe; 0 skips the probe')
   parser.add_argument('overrides', nargs='*', help='key=value config overrides')
   args = parser.parse_args()
   config = config_lib.load_config(args.config, args.overrides)
@@ -83,6 +90,12 @@ def main():
   n = np.array([r['steps'] for r in rows], np.float64)
   t = np.array([r['total_s'] for r in rows], np.float64)
   slope, intercept = np.polyfit(n, t, 1) if len(rows) > 1 else (float('nan'), float('nan'))
+  matmul_rate = matmul_probe.matmul_gflops(args.matmul_size) if args.matmul_size else None
+  rates = {'encoder': matmul_probe.rate_fields(encoder_flops, encoder_s, matmul_rate),
+           'decoder_step': matmul_probe.rate_fields(decoder_flops, float(slope), matmul_rate)}
+  for r in rows:
+    rates[f'sampling_{r["steps"]}'] = matmul_probe.rate_fields(r['gflops_run'] * 1e9,
+                                                               r['total_s'], matmul_rate)
   print(json.dumps({
       'config': args.config, 'overrides': args.overrides, 'batch': args.batch,
       'device': str(jax.devices()[0].device_kind), 'num_devices': jax.device_count(),
@@ -91,6 +104,10 @@ def main():
       'encoder_gflops': round(encoder_flops / 1e9, 3),
       'decoder_step_gflops': round(decoder_flops / 1e9, 3),
       'per_steps': rows,
+      'params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+      'matmul_gflops': None if matmul_rate is None else round(matmul_rate, 2),
+      'achieved_gflops': {k: v['achieved_gflops'] for k, v in rates.items()},
+      'fraction_of_matmul_rate': {k: v['fraction_of_matmul_rate'] for k, v in rates.items()},
   }, indent=2))
 
 

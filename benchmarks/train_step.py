@@ -6,8 +6,14 @@
 Runs the jitted, sharded train step on random data of the config's shapes (the same function
 and shardings as training) and reports compile time, the median step time, examples per second,
 XLA's FLOP estimate (per step and per device), model FLOP utilisation against --peak_tflops when
-given (model FLOPs: a rematerialised step's recomputation is not counted), and per-device memory (live state buffers after the steps; the compiled program's
-arguments, temporaries and peak).
+given (model FLOPs: a rematerialised step's recomputation is not counted), and per-device memory
+(live state buffers after the steps; the compiled program's arguments, temporaries and peak).
+After the timed steps, a float32 matmul probe in the same process (benchmarks/matmul_probe.py,
+--matmul_size; 0 skips it) measures the default device's matmul rate (`matmul_gflops`);
+`achieved_gflops` is XLA's FLOPs of the step (recomputation included) per second, and
+`fraction_of_matmul_rate` compares the two: the whole step's rate on CPU (every XLA CPU device
+shares the one host), one device's share on an accelerator. `params` counts the trainable
+parameters.
 """
 
 import argparse
@@ -23,6 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from benchmarks import matmul_probe
 from pix2seq_d_jax import config_lib
 from pix2seq_d_jax import sharding
 from pix2seq_d_jax import state as state_lib
@@ -44,6 +51,8 @@ def main():
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help='peak FLOP/s of one device in TFLOP/s, for MFU')
+  parser.add_argument('--matmul_size', type=int, default=2048,
+                      help='side of the square float32 matmul probe; 0 skips the probe')
   parser.add_argument('overrides', nargs='*', help='key=value config overrides')
   args = parser.parse_args()
   config = config_lib.load_config(args.config, args.overrides)
@@ -107,6 +116,11 @@ def main():
       plain_cost = plain_cost[0]
     model_flops_per_device = float(plain_cost.get('flops', float('nan'))) / jax.device_count()
   state_bytes = _bytes_per_device(state)
+  matmul_rate = matmul_probe.matmul_gflops(args.matmul_size) if args.matmul_size else None
+  achieved = matmul_probe.rate_fields(flops, step_s, matmul_rate)
+  if jax.devices()[0].platform != 'cpu':   # an accelerator's probe ran on one of its devices
+    achieved['fraction_of_matmul_rate'] = matmul_probe.rate_fields(
+        flops_per_device, step_s, matmul_rate)['fraction_of_matmul_rate']
   mem = {k: getattr(memory, f'{k}_size_in_bytes', None)
          for k in ('argument', 'output', 'alias', 'temp')}
   out = {
@@ -127,6 +141,9 @@ def main():
       'peak_bytes_per_device': (None if None in mem.values() else
                                 mem['argument'] + mem['output'] - mem['alias'] + mem['temp']),
       'loss': float(metrics['loss']),
+      'params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+      'matmul_gflops': None if matmul_rate is None else round(matmul_rate, 2),
+      **achieved,
   }
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:            # GPU / TPU allocators report their high-water mark
