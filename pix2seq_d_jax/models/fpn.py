@@ -36,18 +36,20 @@ class FeaturePyramidMerge(nn.Module):
   mask_size: tuple[int, int]
   out_dim: int = 256
   dtype: Dtype = jnp.float32
+  remat: str | None = None      # rematerialisation policy of each block (None = none)
 
   @nn.compact
   def __call__(self, features: Sequence):
+    block = layers.remat_block(UpsampleBlock, self.remat)
     x = features[-1]
     for i, x_hr in enumerate(reversed(features[:-1])):
       if x_hr.shape[1] > self.mask_size[0] or x_hr.shape[2] > self.mask_size[1]:
         continue
-      x = UpsampleBlock(x_hr.shape[-1], _factor(x_hr.shape[1:3], x.shape[1:3]), self.dtype,
-                        name=f'merge{i}')(x, x_hr)
+      x = block(x_hr.shape[-1], _factor(x_hr.shape[1:3], x.shape[1:3]), self.dtype,
+                name=f'merge{i}')(x, x_hr)
     factor = _factor(self.mask_size, x.shape[1:3])
     if factor > 1:
-      x = UpsampleBlock(self.out_dim, factor, self.dtype, name='to_mask')(x)
+      x = block(self.out_dim, factor, self.dtype, name='to_mask')(x)
     return x
 
 

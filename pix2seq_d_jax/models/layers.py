@@ -248,9 +248,24 @@ def remat_block(module_cls, policy: str | None, static_argnums=()):
   """
   if policy is None:
     return module_cls
-  if policy not in REMAT_POLICIES:
-    raise ValueError(f'config.model.remat_policy={policy!r}; valid: {sorted(REMAT_POLICIES)}.')
-  return nn.remat(module_cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+  return nn.remat(module_cls, policy=_remat_policy(policy), static_argnums=static_argnums)
+
+
+def _remat_policy(name: str):
+  if name not in REMAT_POLICIES:
+    raise ValueError(f'config.model.remat_policy={name!r}; valid: {sorted(REMAT_POLICIES)}.')
+  return REMAT_POLICIES[name]
+
+
+def remat_call(fn, policy: str | None):
+  """`fn(module, *args)` rematerialised under the named policy (itself for None).
+
+  For a step that is not a module of its own (e.g. upsample then convolve): `module` keeps its
+  name and parameters where its parent defined it.
+  """
+  if policy is None:
+    return fn
+  return nn.remat(fn, policy=_remat_policy(policy))
 
 
 class Mlp(nn.Module):

@@ -14,13 +14,19 @@ from pix2seq_d_jax.models.transformer import DecoderLayer
 
 
 class ResBlock(nn.Module):
-  """skip + Conv3x3(Drop(SiLU(FiLM(GN(Conv3x3(SiLU(GN(x)))), e)))), divided by sqrt(2)."""
+  """skip + Conv3x3(Drop(SiLU(FiLM(GN(Conv3x3(SiLU(GN(x)))), e)))), divided by sqrt(2).
+
+  `concat` (the up path's U-Net skip) is joined to x on the channels inside the block, so that a
+  rematerialised block keeps only its two inputs, not their concatenation.
+  """
   out_dim: int
   dropout: float
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, emb, train: bool):
+  def __call__(self, x, emb, train: bool, concat=None):
+    if concat is not None:
+      x = jnp.concatenate([x, concat], axis=-1)
     skip = x
     if x.shape[-1] != self.out_dim:
       skip = nn.Conv(self.out_dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
@@ -37,6 +43,10 @@ class ResBlock(nn.Module):
                 name='conv1')(h)
     # A Python float is weakly typed: the sum stays in the compute dtype (bfloat16 too).
     return (h + skip) / math.sqrt(2.0)
+
+
+def _upsample_conv(conv: nn.Module, h):
+  return conv(layers.nearest_upsample(h, 2))
 
 
 class BottleneckTransformer(nn.Module):
@@ -149,13 +159,12 @@ class TransUNet(nn.Module):
                                   h, emb, context, train)
     for level in reversed(range(len(self.ch_multipliers))):
       for i in range(self.num_res_blocks[level] + 1):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = block(self.dim * self.ch_multipliers[level], self.dropout, self.dtype,
-                  name=f'up{level}_block{i}')(h, emb, train)
+                  name=f'up{level}_block{i}')(h, emb, train, skips.pop())
       if level > 0:
-        h = layers.nearest_upsample(h, 2)
-        h = nn.Conv(h.shape[-1], (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
-                    name=f'up{level}_upsample')(h)
+        conv = nn.Conv(h.shape[-1], (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
+                       name=f'up{level}_upsample')
+        h = layers.remat_call(_upsample_conv, self.remat)(conv, h)
     h = nn.silu(layers.group_norm(h.shape[-1], self.dtype, 'norm_out', groups_of=self.dim)(h))
     if self.num_groups == 0:
       return nn.Conv(self.plain_out_dim, (1, 1), kernel_init=layers.near_zero, dtype=self.dtype,
