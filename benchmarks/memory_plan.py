@@ -14,18 +14,24 @@ Targets (one JAX device per chip or GPU):
               device), 32 GiB HBM per chip, 4 hosts x 4 chips.
   h100_x8:    one host with 8 NVIDIA H100 80 GB.
 
---activations also compiles the train step on this machine's CPU (one device, the config's
+--activations also estimates the activations of the train step (one device, the config's
 model.dtype, model.attention, model.remat and train.microbatches = 1, batch --batch_per_device
-and twice that) and reports XLA's temporary allocation, i.e. activations and workspace per
-example, from `compiled.memory_analysis()`. With it, each plan gives the per-device total at
-the config's batch (global batch / devices, run in train.microbatches sequential parts): the
-state + the fixed workspace + per-example activations x examples per microbatch, whether that
-fits the device, and the fewest microbatches that would. That is an estimate for an
-accelerator: TPU and GPU programs fuse, tile and pad differently (TPU pads minor dimensions to
-128), and the all-gathered parameter buffers of an fsdp mesh are not included. Without the flag
-it is not computed (the paper model's train step at 1024x1024 takes minutes to compile on a
-CPU). The 'auto' attention resolves for the CPU here (chunked for long sequences); on a GPU or
-TPU it takes the fused kernels, which hold no score matrix either.
+and twice that) from its jaxpr, without compiling: `liveness_peak` runs the program in the order
+JAX emits it and tracks the bytes of every value from the equation that makes it to its last use.
+The difference between the two batches gives the bytes per example, the rest the fixed workspace
+(gradients and optimizer temporaries). With it, each plan gives the per-device total at the
+config's batch (global batch / devices, run in train.microbatches sequential parts): the state +
+the fixed workspace + per-example activations x examples per microbatch, whether that fits the
+device, and the fewest microbatches that would.
+
+It is an estimate for an accelerator, from the program rather than from one backend's compiler:
+XLA fuses elementwise chains (so it needs less than this), TPU pads minor dimensions to 128, and
+the all-gathered parameter buffers of an fsdp mesh are not included. --xla_cpu adds XLA:CPU's
+temporary allocation of the compiled step (`compiled.memory_analysis()`) as a cross-check; it
+agrees with the estimate without rematerialisation, but the CPU pipeline removes the optimisation
+barriers that keep recomputation apart, so it cannot show what model.remat saves (and it takes
+minutes to compile at 1024x1024). The 'auto' attention resolves for the CPU here (chunked for
+long sequences); on a GPU or TPU it takes the fused kernels, which hold no score matrix either.
 """
 
 import argparse
@@ -38,6 +44,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
+from jax.extend import core as jcore
 from jax.sharding import AbstractMesh
 
 from pix2seq_d_jax import config_lib
@@ -93,45 +100,116 @@ def state_plan(abstract, mesh_config) -> dict:
                                        'mib': round(largest_replicated[0] / 2**20, 2)}}
 
 
-def activation_estimate(config_spec: str, overrides, batch: int) -> dict:
-  """XLA:CPU temporary bytes of the 1-device train step at batch `batch` and `2 * batch`."""
+def _step_and_inputs(config_spec: str, overrides, b: int):
+  """The 1-device train step of the config at batch b (microbatches 1), with abstract inputs."""
   import functools  # pylint: disable=g-import-not-at-top
   from pix2seq_d_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from pix2seq_d_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
-  out = {}
-  for b in (batch, 2 * batch):
-    config = config_lib.load_config(config_spec, list(overrides) + [f'train.batch_size={b}',
-                                                                    'train.microbatches=1'])
-    model = pix2seq_d.build_model(config)
-    tx, schedule = state_lib.make_optimizer(config, 1000, 0)
-    abstract = train.abstract_state(config, 1000, 0)
-    m = config.model
-    batch_shapes = {'image': jax.ShapeDtypeStruct((b, *m.image_size, 3), np.float32),
-                    'masks': jax.ShapeDtypeStruct((b, *m.mask_size, 2), np.int32)}
-    if m.num_cond_frames:
-      batch_shapes['cond_masks'] = jax.ShapeDtypeStruct(
-          (b, m.num_cond_frames, *m.mask_size, 2), np.int32)
-    step = functools.partial(train_step_lib.train_step, model=model, tx=tx,
-                             lr_schedule=schedule,
-                             settings=train_step_lib.StepSettings.from_config(config))
-    start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(abstract, batch_shapes).compile()
-    memory = compiled.memory_analysis()
-    out[b] = {'temp_bytes': int(memory.temp_size_in_bytes),
-              'argument_bytes': int(memory.argument_size_in_bytes),
-              'compile_s': round(time.perf_counter() - start, 1)}
-  per_example = (out[2 * batch]['temp_bytes'] - out[batch]['temp_bytes']) / batch
+  config = config_lib.load_config(config_spec, list(overrides) + [f'train.batch_size={b}',
+                                                                  'train.microbatches=1'])
+  model = pix2seq_d.build_model(config)
+  tx, schedule = state_lib.make_optimizer(config, 1000, 0)
+  abstract = train.abstract_state(config, 1000, 0)
   m = config.model
-  return {'what': 'XLA:CPU temp allocation (activations + workspace) of the 1-device train step; '
-                  'an estimate for TPU/GPU, see the module docstring',
-          'settings': {'dtype': m.dtype, 'attention': m.attention, 'remat': m.remat,
-                       'remat_policy': m.remat_policy, 'image_size': list(m.image_size),
-                       'mask_size': list(m.mask_size)},
-          'by_batch': {str(k): v for k, v in out.items()},
-          'per_example_bytes': int(per_example),
-          'fixed_bytes': int(max(out[batch]['temp_bytes'] - batch * per_example, 0)),
-          'per_example_gib': round(per_example / GIB, 2)}
+  batch_shapes = {'image': jax.ShapeDtypeStruct((b, *m.image_size, 3), np.float32),
+                  'masks': jax.ShapeDtypeStruct((b, *m.mask_size, 2), np.int32)}
+  if m.num_cond_frames:
+    batch_shapes['cond_masks'] = jax.ShapeDtypeStruct(
+        (b, m.num_cond_frames, *m.mask_size, 2), np.int32)
+  step = functools.partial(train_step_lib.train_step, model=model, tx=tx, lr_schedule=schedule,
+                           settings=train_step_lib.StepSettings.from_config(config))
+  return step, abstract, batch_shapes, config
+
+
+def _var_bytes(v) -> int:
+  aval = v.aval
+  if not hasattr(aval, 'shape') or not hasattr(aval, 'dtype'):
+    return 0
+  return int(np.prod(aval.shape, dtype=np.int64)) * aval.dtype.itemsize   # PRNG keys too
+
+
+def _inner_jaxprs(eqn):
+  for value in eqn.params.values():
+    for item in (value if isinstance(value, (list, tuple)) else [value]):
+      if isinstance(item, jcore.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jcore.Jaxpr):
+        yield item
+
+
+def liveness_peak(jaxpr, count_outputs: bool = True) -> int:
+  """Peak bytes of the values a jaxpr defines while it runs in program order.
+
+  Each value lives from the equation that makes it to its last use (jaxpr outputs to the end);
+  an equation with inner jaxprs (jit, remat, scan bodies, custom derivatives) adds the peak of
+  the largest one while it runs. The jaxpr's inputs are not counted, nor, with count_outputs
+  False, its outputs (the donated state of a train step takes its inputs' buffers). Nothing is
+  fused, so this over-counts elementwise chains that XLA would fuse; the order is the one JAX
+  emits, which keeps rematerialised recomputation next to its use in the backward pass.
+  """
+  last_use = {}
+  for i, eqn in enumerate(jaxpr.eqns):
+    for v in eqn.invars:
+      if isinstance(v, jcore.Var):
+        last_use[v] = i
+  outputs = {v for v in jaxpr.outvars if isinstance(v, jcore.Var)}
+  live, peak, alive = 0, 0, {}
+  for i, eqn in enumerate(jaxpr.eqns):
+    inner = max([liveness_peak(j) for j in _inner_jaxprs(eqn)] or [0])
+    made = [v for v in eqn.outvars if not isinstance(v, jcore.DropVar)
+            and (v in last_use or v in outputs)]
+    made_bytes = sum(_var_bytes(v) for v in made
+                     if count_outputs or v not in outputs)
+    peak = max(peak, live + max(inner, made_bytes))
+    for v in made:
+      alive[v] = _var_bytes(v) if count_outputs or v not in outputs else 0
+      live += alive[v]
+    for v in eqn.invars:
+      if isinstance(v, jcore.Var) and last_use.get(v) == i and v in alive and v not in outputs:
+        live -= alive.pop(v)
+    peak = max(peak, live)
+  return peak
+
+
+def activation_estimate(config_spec: str, overrides, batch: int, xla_cpu: bool = False) -> dict:
+  """Activation bytes of the 1-device train step at batch `batch` and `2 * batch`: the liveness
+  peak of its jaxpr (`liveness_peak`) and, with xla_cpu, XLA:CPU's temporary allocation."""
+  out, cpu = {}, {}
+  for b in (batch, 2 * batch):
+    step, abstract, batch_shapes, config = _step_and_inputs(config_spec, overrides, b)
+    start = time.perf_counter()
+    jaxpr = jax.make_jaxpr(step)(abstract, batch_shapes)
+    out[b] = {'peak_bytes': liveness_peak(jaxpr.jaxpr, count_outputs=False),
+              'trace_s': round(time.perf_counter() - start, 1)}
+    if xla_cpu:
+      start = time.perf_counter()
+      compiled = jax.jit(step, donate_argnums=0).lower(abstract, batch_shapes).compile()
+      memory = compiled.memory_analysis()
+      cpu[b] = {'temp_bytes': int(memory.temp_size_in_bytes),
+                'compile_s': round(time.perf_counter() - start, 1)}
+  per_example = (out[2 * batch]['peak_bytes'] - out[batch]['peak_bytes']) / batch
+  m = config.model
+  result = {
+      'what': 'liveness peak of the train step\'s jaxpr in program order (values from the '
+              'equation that makes them to their last use; no fusion), per example and fixed; '
+              'see the module docstring',
+      'settings': {'dtype': m.dtype, 'attention': m.attention, 'remat': m.remat,
+                   'remat_policy': m.remat_policy, 'image_size': list(m.image_size),
+                   'mask_size': list(m.mask_size)},
+      'by_batch': {str(k): v for k, v in out.items()},
+      'per_example_bytes': int(per_example),
+      'fixed_bytes': int(max(out[batch]['peak_bytes'] - batch * per_example, 0)),
+      'per_example_gib': round(per_example / GIB, 2)}
+  if xla_cpu:
+    cpu_example = (cpu[2 * batch]['temp_bytes'] - cpu[batch]['temp_bytes']) / batch
+    result['xla_cpu'] = {
+        'what': 'XLA:CPU temp allocation (compiled.memory_analysis()); the CPU pipeline drops '
+                'the optimisation barriers that keep rematerialised recomputation apart, so it '
+                'does not show what model.remat saves on an accelerator',
+        'by_batch': {str(k): v for k, v in cpu.items()},
+        'per_example_gib': round(cpu_example / GIB, 2)}
+  return result
 
 
 def batch_plan(state_bytes: int, activations: dict, batch_per_device: float, microbatches: int,
@@ -158,7 +236,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', default='configs/coco_panoptic.py')
   parser.add_argument('--activations', action='store_true',
-                      help='also compile the train step on CPU for an activation estimate')
+                      help='also estimate the activations from the train step\'s jaxpr')
+  parser.add_argument('--xla_cpu', action='store_true',
+                      help='with --activations: also compile the step for XLA:CPU\'s figure '
+                           '(minutes at 1024x1024)')
   parser.add_argument('--batch_per_device', type=int, default=1)
   parser.add_argument('overrides', nargs='*', help='key=value config overrides')
   args = parser.parse_args()
@@ -171,10 +252,11 @@ def main():
          'fsdp_min_size': sharding.FSDP_MIN_SIZE, 'targets': {}}
   activations = None
   if args.activations:
-    activations = activation_estimate(args.config, args.overrides, args.batch_per_device)
+    activations = activation_estimate(args.config, args.overrides, args.batch_per_device,
+                                      args.xla_cpu)
     out['activations'] = activations
   else:
-    out['activations'] = 'not computed (pass --activations; minutes of CPU compile)'
+    out['activations'] = 'not computed (pass --activations)'
   for name, target in TARGETS.items():
     plans = []
     for mesh_config in target['meshes']:
@@ -182,7 +264,7 @@ def main():
       plan['fraction_of_hbm'] = round(plan['per_device_bytes'] / target['hbm_bytes'], 4)
       if activations is not None:
         b = args.batch_per_device
-        temp = activations['by_batch'][str(b)]['temp_bytes']
+        temp = activations['by_batch'][str(b)]['peak_bytes']
         plan[f'state_plus_activations_gib_at_batch_{b}_per_device'] = round(
             (plan['per_device_bytes'] + temp) / GIB, 3)
         plan['config_batch'] = batch_plan(
