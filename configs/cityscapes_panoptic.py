@@ -30,6 +30,12 @@ Setting: 1024x2048 images, 512x1024 masks, 19 classes + void, K = 101, ids shuff
 the reference's Cityscapes loader does. The reference has no Cityscapes recipe; ours fine-tunes a
 COCO checkpoint (batch 16, lr 1e-5, 100 epochs of 2975 images, zoom-in jitter [1, 2]). No result
 yet. `:runlocal` is a smoke test of a small model on 64x128 images.
+
+Memory (README "Memory on accelerators"): twice COCO's pixels, so `model.remat='blocks'` (with the
+default 'auto' attention) is on: 11.0 GiB of activations per example in float32 by
+`python benchmarks/memory_plan.py --config=configs/cityscapes_panoptic.py --activations`
+(46.7 without remat, which fits neither target), i.e. 2 examples per GPU on 8 x H100 (~23 GiB)
+or 1 per chip on a v4-32 slice (~12 GiB) in one pass.
 """
 
 from configs import common
@@ -50,6 +56,7 @@ def get_config(arg=None):
 
   c.model.image_size = (1024, 2048)
   c.model.mask_size = (512, 1024)
+  c.model.remat = 'blocks'                # fits an accelerator (docstring)
 
   c.train.batch_size = 16
   c.train.num_epochs = 100.0
