@@ -63,7 +63,9 @@ GROUPS = ('params', 'batch_stats', 'ema_params', 'ema_batch_stats', 'opt_state',
 
 
 def _nbytes(shape, dtype) -> int:
-  return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+  # PRNG key dtypes have an itemsize but are no NumPy dtype.
+  itemsize = dtype.itemsize if hasattr(dtype, 'itemsize') else np.dtype(dtype).itemsize
+  return int(np.prod(shape, dtype=np.int64)) * itemsize
 
 
 def state_plan(abstract, mesh_config) -> dict:
@@ -122,13 +124,6 @@ def _step_and_inputs(config_spec: str, overrides, b: int):
   return step, abstract, batch_shapes, config
 
 
-def _var_bytes(v) -> int:
-  aval = v.aval
-  if not hasattr(aval, 'shape') or not hasattr(aval, 'dtype'):
-    return 0
-  return int(np.prod(aval.shape, dtype=np.int64)) * aval.dtype.itemsize   # PRNG keys too
-
-
 def _inner_jaxprs(eqn):
   for value in eqn.params.values():
     for item in (value if isinstance(value, (list, tuple)) else [value]):
@@ -154,16 +149,21 @@ def liveness_peak(jaxpr, count_outputs: bool = True) -> int:
       if isinstance(v, jcore.Var):
         last_use[v] = i
   outputs = {v for v in jaxpr.outvars if isinstance(v, jcore.Var)}
+
+  def size(v) -> int:
+    aval = v.aval
+    if not hasattr(aval, 'shape') or (v in outputs and not count_outputs):
+      return 0
+    return _nbytes(aval.shape, aval.dtype)
+
   live, peak, alive = 0, 0, {}
   for i, eqn in enumerate(jaxpr.eqns):
     inner = max([liveness_peak(j) for j in _inner_jaxprs(eqn)] or [0])
     made = [v for v in eqn.outvars if not isinstance(v, jcore.DropVar)
             and (v in last_use or v in outputs)]
-    made_bytes = sum(_var_bytes(v) for v in made
-                     if count_outputs or v not in outputs)
-    peak = max(peak, live + max(inner, made_bytes))
+    peak = max(peak, live + max(inner, sum(size(v) for v in made)))
     for v in made:
-      alive[v] = _var_bytes(v) if count_outputs or v not in outputs else 0
+      alive[v] = size(v)
       live += alive[v]
     for v in eqn.invars:
       if isinstance(v, jcore.Var) and last_use.get(v) == i and v in alive and v not in outputs:

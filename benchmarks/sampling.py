@@ -104,7 +104,7 @@ def main():
       'encoder_gflops': round(encoder_flops / 1e9, 3),
       'decoder_step_gflops': round(decoder_flops / 1e9, 3),
       'per_steps': rows,
-      'params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+      'params': pix2seq_d.count_params(state.params)['total'],
       'matmul_gflops': None if matmul_rate is None else round(matmul_rate, 2),
       'achieved_gflops': {k: v['achieved_gflops'] for k, v in rates.items()},
       'fraction_of_matmul_rate': {k: v['fraction_of_matmul_rate'] for k, v in rates.items()},

@@ -141,7 +141,7 @@ def main():
       'peak_bytes_per_device': (None if None in mem.values() else
                                 mem['argument'] + mem['output'] - mem['alias'] + mem['temp']),
       'loss': float(metrics['loss']),
-      'params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+      'params': pix2seq_d.count_params(state.params)['total'],
       'matmul_gflops': None if matmul_rate is None else round(matmul_rate, 2),
       **achieved,
   }

@@ -438,28 +438,28 @@ def main():
     return
 
   # ---- timing
-  k = 0
   lm = LoadMeter()
-  lm.start()
-  t0 = time.perf_counter()
-  call(k)
-  first = time.perf_counter() - t0
-  o, own = lm.stop()
-  k += 1
-  log(f'first call {first:.3f} s (other load {o:.3f}, own cpu/wall {own:.2f})')
-  for _ in range(max(args.warmup, 0)):
-    t0 = time.perf_counter()
-    call(k)
-    k += 1
-    log(f'warm-up {time.perf_counter() - t0:.4f} s')
-  wait_quiet(args.quiet_wait)
-  times, loads, owns = [], [], []
-  for i in range(args.n):
+
+  def timed(k):
+    """(seconds, other processes' load, own cpu/wall) of call k."""
     lm.start()
     t0 = time.perf_counter()
     call(k)
     dt = time.perf_counter() - t0
-    o, own = lm.stop()
+    return (dt, *lm.stop())
+
+  k = 0
+  first, o, own = timed(k)
+  k += 1
+  log(f'first call {first:.3f} s (other load {o:.3f}, own cpu/wall {own:.2f})')
+  for _ in range(max(args.warmup, 0)):
+    dt, _, _ = timed(k)
+    k += 1
+    log(f'warm-up {dt:.4f} s')
+  wait_quiet(args.quiet_wait)
+  times, loads, owns = [], [], []
+  for i in range(args.n):
+    dt, o, own = timed(k)
     k += 1
     times.append(dt); loads.append(o); owns.append(own)
     log(f'timed {i}: {dt:.4f} s  other-load {o:.3f}  own cpu/wall {own:.2f}')
