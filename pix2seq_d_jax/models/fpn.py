@@ -18,12 +18,12 @@ class UpsampleBlock(nn.Module):
   @nn.compact
   def __call__(self, x_lr, x_hr=None):
     c_hr = self.dim_out if x_hr is None else x_hr.shape[-1]
-    a = nn.Conv(c_hr, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype)(x_lr)
+    a = layers.Conv(c_hr, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype)(x_lr)
     a = nn.silu(layers.group_norm(c_hr, self.dtype)(a))
     a = layers.nearest_upsample(a, self.factor)
     if x_hr is not None:
       a = a + x_hr
-    y = nn.Conv(self.dim_out, (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype)(a)
+    y = layers.Conv(self.dim_out, (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype)(a)
     return nn.silu(layers.group_norm(self.dim_out, self.dtype)(y))
 
 

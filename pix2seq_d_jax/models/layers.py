@@ -39,6 +39,87 @@ def sincos_2d(rows: int, cols: int, dim: int) -> jax.Array:
   return jnp.concatenate([code_y, code_x], axis=-1).reshape(rows * cols, dim)
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated` that computes a 1x1 convolution as a matrix product.
+
+  The same sum over input channels, written as `dot_general`: XLA's CPU backend runs the
+  gradient of a 1x1 convolution several times slower than that of the equivalent product
+  (benchmarks/conv_probe.py), and every backend runs products well. Other convolutions (larger
+  kernels, dilation, groups, other layouts) go to `lax.conv_general_dilated` unchanged. Takes
+  what `flax.linen.Conv` passes (its `conv_general_dilated` attribute).
+  """
+  ones = (1,) * (lhs.ndim - 2)
+  dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  channels_last = (dn.lhs_spec == dn.out_spec == (0, lhs.ndim - 1, *range(1, lhs.ndim - 1))
+                   and dn.rhs_spec == (rhs.ndim - 1, rhs.ndim - 2, *range(rhs.ndim - 2)))
+  plain = (channels_last and feature_group_count == 1 and batch_group_count == 1
+           and tuple(lhs_dilation or ones) == ones and tuple(rhs_dilation or ones) == ones)
+  pointwise = plain and rhs.shape[:-2] == ones
+  if (plain and not pointwise and lhs.ndim == 4 and tuple(window_strides) == ones
+      and precision is None and preferred_element_type is None):
+    if isinstance(padding, str):
+      padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:2], ones, padding)
+    padding = tuple(map(tuple, padding))
+    if all(p >= 0 for pair in padding for p in pair):
+      return _conv2d(lhs, rhs, padding)
+  if not pointwise:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
+  spatial = lhs.shape[1:-1]
+  if isinstance(padding, str):   # a 1x1 window: 'SAME' and 'VALID' both pad nothing at stride 1
+    padding = jax.lax.padtype_to_pads(spatial, ones, tuple(window_strides), padding)
+  if any(p != (0, 0) for p in map(tuple, padding)):
+    lhs = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                      [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)])
+  if tuple(window_strides) != ones:
+    lhs = lhs[(slice(None), *(slice(None, None, s) for s in window_strides), slice(None))]
+  kernel = rhs.reshape(rhs.shape[-2:])
+  return jax.lax.dot_general(lhs, kernel, (((lhs.ndim - 1,), (0,)), ((), ())),
+                             precision=precision, preferred_element_type=preferred_element_type)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d(x, w, padding):
+  """Stride-1 NHWC x HWIO convolution whose kernel gradient is a few matrix products."""
+  return jax.lax.conv_general_dilated(x, w, (1, 1), padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _conv2d_fwd(x, w, padding):
+  return _conv2d(x, w, padding), (x, w)
+
+
+def _conv2d_bwd(padding, residuals, dy):
+  """dx as XLA transposes the convolution; dw[i, j] = sum over n, h, w of x_pad[n, h+i, w+j] dy.
+
+  XLA writes dw as a convolution whose window is the whole image and whose contraction is the
+  batch, which its CPU backend runs at a third to a half of the forward's rate. Here the kw
+  column shifts of the padded input are stacked on the channel axis once, and each of the kh
+  row shifts is one product [kw C, N H W] x [N H W, D].
+  """
+  x, w = residuals
+  kh, kw, c, d = w.shape
+  _, conv_t = jax.vjp(lambda x_: _conv2d.fun(x_, w, padding), x)
+  dx, = conv_t(dy)
+  out_h, out_w = dy.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  cols = jnp.concatenate([xp[:, :, j:j + out_w] for j in range(kw)], axis=-1)
+  dw = jnp.stack([jnp.einsum('nhwk,nhwd->kd', cols[:, i:i + out_h], dy) for i in range(kh)])
+  return dx, dw.reshape(kh, kw, c, d).astype(w.dtype)
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+# flax.linen.Conv with the convolution above; parameters, names and results as nn.Conv's.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
 def group_norm(channels: int, dtype: Dtype, name: str | None = None,
                groups_of: int | None = None) -> nn.GroupNorm:
   """GroupNorm with min(C/4, 32) groups and epsilon 1e-5 (the reference; Flax's default is 1e-6).

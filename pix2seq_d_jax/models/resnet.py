@@ -24,7 +24,7 @@ def _conv(features, kernel, stride, dtype, name=None):
     padding = ((pad, kernel - 1 - pad),) * 2
   else:
     padding = 'SAME'
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding, use_bias=False,
+  return layers.Conv(features, (kernel, kernel), (stride, stride), padding=padding, use_bias=False,
                  kernel_init=_conv_init, dtype=dtype, name=name)
 
 

@@ -29,17 +29,17 @@ class ResBlock(nn.Module):
       x = jnp.concatenate([x, concat], axis=-1)
     skip = x
     if x.shape[-1] != self.out_dim:
-      skip = nn.Conv(self.out_dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
+      skip = layers.Conv(self.out_dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                      name='skip')(x)
     h = nn.silu(layers.group_norm(x.shape[-1], self.dtype, 'norm0')(x))
-    h = nn.Conv(self.out_dim, (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
+    h = layers.Conv(self.out_dim, (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                 name='conv0')(h)
     h = layers.group_norm(self.out_dim, self.dtype, 'norm1')(h)
     scale, shift = jnp.split(nn.Dense(2 * self.out_dim, kernel_init=layers.glorot_uniform,
                                       dtype=self.dtype, name='film')(emb), 2, axis=-1)
     h = nn.silu(h * (1 + scale[:, None, None, :]) + shift[:, None, None, :])
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = nn.Conv(self.out_dim, (3, 3), kernel_init=layers.near_zero, dtype=self.dtype,
+    h = layers.Conv(self.out_dim, (3, 3), kernel_init=layers.near_zero, dtype=self.dtype,
                 name='conv1')(h)
     # A Python float is weakly typed: the sum stays in the compute dtype (bfloat16 too).
     return (h + skip) / math.sqrt(2.0)
@@ -66,7 +66,7 @@ class BottleneckTransformer(nn.Module):
     b, h, w, c = x.shape
     # The reference counts this norm's groups from the transformer width, not from c.
     x = layers.group_norm(c, self.dtype, 'norm_in', groups_of=self.dim)(x)
-    x = nn.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
+    x = layers.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                 name='proj_in')(x)
     x = x.reshape(b, h * w, self.dim) + layers.sincos_2d(h, w, self.dim).astype(x.dtype)
     t = nn.Dense(self.dim, kernel_init=layers.glorot_uniform, dtype=self.dtype,
@@ -79,7 +79,7 @@ class BottleneckTransformer(nn.Module):
                     x, context, train)
     x = x[:, :-1].reshape(b, h, w, self.dim)
     x = layers.group_norm(self.dim, self.dtype, 'norm_out')(x)
-    return nn.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
+    return layers.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                    name='proj_out')(x)
 
 
@@ -138,7 +138,7 @@ class TransUNet(nn.Module):
                                  name='noise_embedding')(gamma)
     # The input conv is as wide as the first level (dim * ch_multipliers[0]), as the reference.
     width_in = self.dim * self.ch_multipliers[0]
-    h = nn.Conv(width_in, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
+    h = layers.Conv(width_in, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                 name='conv_in')(x.astype(self.dtype))
     h = layers.group_norm(width_in, self.dtype, 'norm_in')(h)
     skips = [h]
@@ -149,7 +149,7 @@ class TransUNet(nn.Module):
             h, emb, train)
         skips.append(h)
       if level < last:
-        h = nn.Conv(h.shape[-1], (3, 3), (2, 2), padding='SAME', kernel_init=layers.glorot_uniform,
+        h = layers.Conv(h.shape[-1], (3, 3), (2, 2), padding='SAME', kernel_init=layers.glorot_uniform,
                     dtype=self.dtype, name=f'down{level}_downsample')(h)
         skips.append(h)
     h = BottleneckTransformer(self.transformer_dim, self.transformer_layers,
@@ -162,14 +162,14 @@ class TransUNet(nn.Module):
         h = block(self.dim * self.ch_multipliers[level], self.dropout, self.dtype,
                   name=f'up{level}_block{i}')(h, emb, train, skips.pop())
       if level > 0:
-        conv = nn.Conv(h.shape[-1], (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
+        conv = layers.Conv(h.shape[-1], (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
                        name=f'up{level}_upsample')
         h = layers.remat_call(_upsample_conv, self.remat)(conv, h)
     h = nn.silu(layers.group_norm(h.shape[-1], self.dtype, 'norm_out', groups_of=self.dim)(h))
     if self.num_groups == 0:
-      return nn.Conv(self.plain_out_dim, (1, 1), kernel_init=layers.near_zero, dtype=self.dtype,
+      return layers.Conv(self.plain_out_dim, (1, 1), kernel_init=layers.near_zero, dtype=self.dtype,
                      name='head')(h).astype(jnp.float32)
     num_values = 2**self.bits_per_group
-    logits = nn.Conv(self.num_groups * num_values, (1, 1), kernel_init=layers.near_zero,
+    logits = layers.Conv(self.num_groups * num_values, (1, 1), kernel_init=layers.near_zero,
                      bias_init=self._head_bias_init, dtype=self.dtype, name='head')(h)
     return logits.reshape(*logits.shape[:-1], self.num_groups, num_values).astype(jnp.float32)
