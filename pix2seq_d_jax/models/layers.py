@@ -42,13 +42,15 @@ def sincos_2d(rows: int, cols: int, dim: int) -> jax.Array:
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` that computes a 1x1 convolution as a matrix product.
+  """`lax.conv_general_dilated`, with the two cases XLA's CPU backend runs slowly rewritten.
 
-  The same sum over input channels, written as `dot_general`: XLA's CPU backend runs the
-  gradient of a 1x1 convolution several times slower than that of the equivalent product
-  (benchmarks/conv_probe.py), and every backend runs products well. Other convolutions (larger
-  kernels, dilation, groups, other layouts) go to `lax.conv_general_dilated` unchanged. Takes
-  what `flax.linen.Conv` passes (its `conv_general_dilated` attribute).
+  A 1x1 convolution is the same sum over input channels written as `dot_general`; a stride-1
+  2-D kxk convolution keeps XLA's forward and input gradient and computes its kernel gradient
+  as kh matrix products (`_conv2d_bwd`). On XLA:CPU both gradients ran at a third to a half of
+  the forward's rate before (benchmarks/conv_probe.py); every backend runs products well. Other
+  convolutions (strides above 1 with a kxk kernel, dilation, groups, other layouts) go to
+  `lax.conv_general_dilated` unchanged. Takes what `flax.linen.Conv` passes (its
+  `conv_general_dilated` attribute).
   """
   ones = (1,) * (lhs.ndim - 2)
   dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
