@@ -58,30 +58,28 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                    and dn.rhs_spec == (rhs.ndim - 1, rhs.ndim - 2, *range(rhs.ndim - 2)))
   plain = (channels_last and feature_group_count == 1 and batch_group_count == 1
            and tuple(lhs_dilation or ones) == ones and tuple(rhs_dilation or ones) == ones)
-  pointwise = plain and rhs.shape[:-2] == ones
-  if (plain and not pointwise and lhs.ndim == 4 and tuple(window_strides) == ones
-      and precision is None and preferred_element_type is None):
-    if isinstance(padding, str):
-      padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:2], ones, padding)
-    padding = tuple(map(tuple, padding))
-    if all(p >= 0 for pair in padding for p in pair):
-      return _conv2d(lhs, rhs, padding)
-  if not pointwise:
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
-  spatial = lhs.shape[1:-1]
-  if isinstance(padding, str):   # a 1x1 window: 'SAME' and 'VALID' both pad nothing at stride 1
-    padding = jax.lax.padtype_to_pads(spatial, ones, tuple(window_strides), padding)
-  if any(p != (0, 0) for p in map(tuple, padding)):
-    lhs = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                      [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)])
-  if tuple(window_strides) != ones:
-    lhs = lhs[(slice(None), *(slice(None, None, s) for s in window_strides), slice(None))]
-  kernel = rhs.reshape(rhs.shape[-2:])
-  return jax.lax.dot_general(lhs, kernel, (((lhs.ndim - 1,), (0,)), ((), ())),
+  pads = padding
+  if plain and isinstance(padding, str):
+    pads = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
+  if plain and rhs.shape[:-2] == ones:
+    return _pointwise(lhs, rhs, window_strides, pads, precision, preferred_element_type)
+  if (plain and lhs.ndim == 4 and tuple(window_strides) == ones and precision is None
+      and preferred_element_type is None and all(p >= 0 for pair in pads for p in pair)):
+    return _conv2d(lhs, rhs, tuple(map(tuple, pads)))
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+
+
+def _pointwise(x, w, strides, pads, precision, preferred_element_type):
+  """A channels-last 1x1 convolution as pad, strided slice and one product over channels."""
+  if any(tuple(p) != (0, 0) for p in pads):
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                                (0, 0, 0)])
+  x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
+  return jax.lax.dot_general(x, w.reshape(w.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ())),
                              precision=precision, preferred_element_type=preferred_element_type)
 
 

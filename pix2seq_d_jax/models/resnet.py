@@ -25,7 +25,7 @@ def _conv(features, kernel, stride, dtype, name=None):
   else:
     padding = 'SAME'
   return layers.Conv(features, (kernel, kernel), (stride, stride), padding=padding, use_bias=False,
-                 kernel_init=_conv_init, dtype=dtype, name=name)
+                     kernel_init=_conv_init, dtype=dtype, name=name)
 
 
 class Bottleneck(nn.Module):

@@ -30,17 +30,17 @@ class ResBlock(nn.Module):
     skip = x
     if x.shape[-1] != self.out_dim:
       skip = layers.Conv(self.out_dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
-                     name='skip')(x)
+                         name='skip')(x)
     h = nn.silu(layers.group_norm(x.shape[-1], self.dtype, 'norm0')(x))
     h = layers.Conv(self.out_dim, (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
-                name='conv0')(h)
+                    name='conv0')(h)
     h = layers.group_norm(self.out_dim, self.dtype, 'norm1')(h)
     scale, shift = jnp.split(nn.Dense(2 * self.out_dim, kernel_init=layers.glorot_uniform,
                                       dtype=self.dtype, name='film')(emb), 2, axis=-1)
     h = nn.silu(h * (1 + scale[:, None, None, :]) + shift[:, None, None, :])
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = layers.Conv(self.out_dim, (3, 3), kernel_init=layers.near_zero, dtype=self.dtype,
-                name='conv1')(h)
+                    name='conv1')(h)
     # A Python float is weakly typed: the sum stays in the compute dtype (bfloat16 too).
     return (h + skip) / math.sqrt(2.0)
 
@@ -67,7 +67,7 @@ class BottleneckTransformer(nn.Module):
     # The reference counts this norm's groups from the transformer width, not from c.
     x = layers.group_norm(c, self.dtype, 'norm_in', groups_of=self.dim)(x)
     x = layers.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
-                name='proj_in')(x)
+                    name='proj_in')(x)
     x = x.reshape(b, h * w, self.dim) + layers.sincos_2d(h, w, self.dim).astype(x.dtype)
     t = nn.Dense(self.dim, kernel_init=layers.glorot_uniform, dtype=self.dtype,
                  name='time_token')(emb)
@@ -80,7 +80,7 @@ class BottleneckTransformer(nn.Module):
     x = x[:, :-1].reshape(b, h, w, self.dim)
     x = layers.group_norm(self.dim, self.dtype, 'norm_out')(x)
     return layers.Conv(self.dim, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
-                   name='proj_out')(x)
+                       name='proj_out')(x)
 
 
 class TransUNet(nn.Module):
@@ -139,7 +139,7 @@ class TransUNet(nn.Module):
     # The input conv is as wide as the first level (dim * ch_multipliers[0]), as the reference.
     width_in = self.dim * self.ch_multipliers[0]
     h = layers.Conv(width_in, (1, 1), kernel_init=layers.glorot_uniform, dtype=self.dtype,
-                name='conv_in')(x.astype(self.dtype))
+                    name='conv_in')(x.astype(self.dtype))
     h = layers.group_norm(width_in, self.dtype, 'norm_in')(h)
     skips = [h]
     last = len(self.ch_multipliers) - 1
@@ -149,8 +149,9 @@ class TransUNet(nn.Module):
             h, emb, train)
         skips.append(h)
       if level < last:
-        h = layers.Conv(h.shape[-1], (3, 3), (2, 2), padding='SAME', kernel_init=layers.glorot_uniform,
-                    dtype=self.dtype, name=f'down{level}_downsample')(h)
+        h = layers.Conv(h.shape[-1], (3, 3), (2, 2), padding='SAME',
+                        kernel_init=layers.glorot_uniform, dtype=self.dtype,
+                        name=f'down{level}_downsample')(h)
         skips.append(h)
     h = BottleneckTransformer(self.transformer_dim, self.transformer_layers,
                               self.transformer_head_dim, self.transformer_mlp_dim, self.dropout,
@@ -163,13 +164,13 @@ class TransUNet(nn.Module):
                   name=f'up{level}_block{i}')(h, emb, train, skips.pop())
       if level > 0:
         conv = layers.Conv(h.shape[-1], (3, 3), kernel_init=layers.glorot_uniform, dtype=self.dtype,
-                       name=f'up{level}_upsample')
+                           name=f'up{level}_upsample')
         h = layers.remat_call(_upsample_conv, self.remat)(conv, h)
     h = nn.silu(layers.group_norm(h.shape[-1], self.dtype, 'norm_out', groups_of=self.dim)(h))
     if self.num_groups == 0:
       return layers.Conv(self.plain_out_dim, (1, 1), kernel_init=layers.near_zero, dtype=self.dtype,
-                     name='head')(h).astype(jnp.float32)
+                         name='head')(h).astype(jnp.float32)
     num_values = 2**self.bits_per_group
     logits = layers.Conv(self.num_groups * num_values, (1, 1), kernel_init=layers.near_zero,
-                     bias_init=self._head_bias_init, dtype=self.dtype, name='head')(h)
+                         bias_init=self._head_bias_init, dtype=self.dtype, name='head')(h)
     return logits.reshape(*logits.shape[:-1], self.num_groups, num_values).astype(jnp.float32)
