@@ -49,7 +49,7 @@ from jax.sharding import AbstractMesh
 
 from pix2seq_d_jax import config_lib
 from pix2seq_d_jax import sharding
-from pix2seq_d_jax import train
+from pix2seq_d_jax import state as state_lib
 
 GIB = 2**30
 TARGETS = {
@@ -112,7 +112,7 @@ def _step_and_inputs(config_spec: str, overrides, b: int):
                                                                   'train.microbatches=1'])
   model = pix2seq_d.build_model(config)
   tx, schedule = state_lib.make_optimizer(config, 1000, 0)
-  abstract = train.abstract_state(config, 1000, 0)
+  abstract = state_lib.abstract_state(config)
   m = config.model
   batch_shapes = {'image': jax.ShapeDtypeStruct((b, *m.image_size, 3), np.float32),
                   'masks': jax.ShapeDtypeStruct((b, *m.mask_size, 2), np.int32)}
@@ -244,7 +244,7 @@ def main():
   parser.add_argument('overrides', nargs='*', help='key=value config overrides')
   args = parser.parse_args()
   config = config_lib.load_config(args.config, args.overrides)
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params)))
   out = {'config': args.config, 'overrides': args.overrides, 'params': params,
          'state_bytes_unsharded': int(sum(_nbytes(x.shape, x.dtype)

@@ -30,9 +30,9 @@ import numpy as np
 
 from benchmarks import matmul_probe
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax import predict
-from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import sampling
+from pix2seq_d_jax import state as state_lib
 
 
 def _time(fn, repeats):
@@ -67,7 +67,7 @@ def main():
   key = jax.random.PRNGKey(0)
   encode = jax.jit(lambda v, x: model.apply(v, x, train=False, method='encode'))
   encoder_s = _time(lambda: encode(variables, images), args.repeats)
-  settings = predict.SampleSettings.from_config(config)
+  settings = sampling.SampleSettings.from_config(config)
   # XLA's cost analysis counts a while (scan) body once, so the sampler program reports the same
   # FLOPs for every N. The work run is the encoder plus N decoder passes, counted separately.
   enc_cat, tokens = encode(variables, images)
@@ -79,7 +79,7 @@ def main():
   decoder_flops = flops(decode.lower(variables, x_t, gamma, enc_cat, tokens))
   rows = []
   for n in [int(s) for s in args.steps.split(',')]:
-    fn = jax.jit(functools.partial(predict.sample, model=model, settings=settings, steps=n))
+    fn = jax.jit(functools.partial(sampling.sample, model=model, settings=settings, steps=n))
     lowered = fn.lower(variables, images, ids, key, jnp.float32(1.0))
     start = time.perf_counter()
     compiled = lowered.compile()

@@ -9,7 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BITS_PER_CHANNEL = 8
+BITS_PER_CHANNEL = 8     # bits of each mask channel (docs/decisions.md §8)
+MASK_CHANNELS = 2        # an image mask: class, instance id
+MASK_BITS = MASK_CHANNELS * BITS_PER_CHANNEL   # analog bits of one mask: 16
+
+# The decoder heads (config.diffusion.loss): grouped softmaxes, or one value per bit.
+HEADS = ('softmax_xent', 'l2', 'sigmoid_xent')
 
 
 def int_to_bits(x: jax.Array, num_bits: int) -> jax.Array:
@@ -113,3 +118,30 @@ def argmax_decode(logits: jax.Array, max_values: tuple[int, ...] | None = None) 
     valid = jnp.arange(logits.shape[-1])[None, :] < limits
     logits = jnp.where(valid, logits, -jnp.inf)
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def cond_bits(cond_masks: jax.Array, b: Scale) -> jax.Array:
+  """Previous frames' masks int [B, P, h, w, 2] -> analog bits [B, h, w, 16 P] (SPEC §1.4).
+
+  Channel order: [class(t-P), id(t-P), ..., class(t-1), id(t-1)], 8 bits each.
+  """
+  bsz, p, h, w, c = cond_masks.shape
+  m = jnp.transpose(cond_masks, (0, 2, 3, 1, 4)).reshape(bsz, h, w, p * c)
+  return map_to_analog_bits(m, b)
+
+
+def x0_from_output(out: jax.Array, head: str, b: Scale) -> jax.Array:
+  """The decoder's x0 estimate, float32 [B, h, w, 16] in [-b, b], for any of the HEADS.
+
+  softmax_xent: expected analog bits of the grouped softmaxes (out: logits [B, h, w, G, 2^n]);
+  l2: the output itself, clipped; sigmoid_xent: (2 sigmoid(f) - 1) b. b may be per channel
+  (`bit_scales`).
+  """
+  if head == 'softmax_xent':
+    return expected_analog_bits(out, b)
+  scale = bit_scales(b, out.shape[-1] // BITS_PER_CHANNEL)
+  if head == 'l2':
+    return jnp.clip(out, -scale, scale)
+  if head == 'sigmoid_xent':
+    return (2.0 * jax.nn.sigmoid(out) - 1.0) * scale
+  raise ValueError(f'Unknown loss {head!r}; valid: {HEADS}.')

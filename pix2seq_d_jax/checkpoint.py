@@ -1,14 +1,12 @@
-"""Checkpoints with orbax: asynchronous saves of the whole train state plus a JSON of metadata
-(step, data-iterator state), restore onto any mesh, partial initialisation, and the resume order.
+"""A workdir's files: checkpoints with orbax (asynchronous saves of the whole train state plus a
+JSON of metadata: step, data-iterator state; restore onto any mesh), its config.json and
+categories.json, and loading a workdir for inference.
 
-Resume order (`restore_or_init`): (1) the newest readable checkpoint in `workdir/checkpoints`
-(`restore_newest_readable`: an unreadable newer one is logged with its step and error and moved
-to `workdir/checkpoints_unreadable/`; when none can be read the run stops rather than start
-over); else (2) `config.train.init_from` (a workdir or a checkpoint step directory), copying
-the parameter subtrees named in `config.train.init_from_prefixes` (e.g. only 'backbone'); the
-decoder's first conv is mapped by named input group (`decoder_input_groups`), so a checkpoint with or without
-self-conditioning or previous frames loads into any other such model, new groups starting at zero
-(an image checkpoint loaded into the video model, Decision 7); else (3) a fresh initialisation.
+Resume order (`Trainer.restore_or_init` in pix2seq_d_jax/train.py): (1) the newest readable
+checkpoint in `workdir/checkpoints` (`restore_newest_readable`: an unreadable newer one is logged
+with its step and error and moved to `workdir/checkpoints_unreadable/`; when none can be read the
+run stops rather than start over); else (2) `config.train.init_from`
+(pix2seq_d_jax/warm_start.py); else (3) a fresh initialisation.
 """
 
 import json
@@ -16,12 +14,14 @@ import logging
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
+from pix2seq_d_jax import sharding
+from pix2seq_d_jax import state as state_lib
+
 CONFIG_FILE = 'config.json'
+CATEGORIES_FILE = 'categories.json'
 
 # Orbax splits the write of an array replicated over several devices into one slice per replica,
 # cutting each slice out with a small jitted program: on the first save of a process that is an
@@ -231,6 +231,21 @@ def save_config(workdir, config: ml_collections.ConfigDict) -> None:
     raise _unwritable(path, err, 'Writing') from err
 
 
+def save_categories(workdir, categories) -> None:
+  """Writes the data set's categories (COCO-style dicts) to `workdir/categories.json`."""
+  path = pathlib.Path(workdir) / CATEGORIES_FILE
+  try:
+    path.write_text(json.dumps(categories, indent=1))
+  except OSError as err:
+    raise _unwritable(path, err, 'Writing') from err
+
+
+def load_categories(workdir) -> list[dict] | None:
+  """The categories a workdir was trained on, or None when it holds no categories.json."""
+  path = pathlib.Path(workdir) / CATEGORIES_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
 def _tuples(x):
   if isinstance(x, dict):
     return {k: _tuples(v) for k, v in x.items()}
@@ -253,153 +268,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
                      'with).') from err
 
 
-def _resolve(init_from: str) -> tuple[pathlib.Path, int | None]:
-  """A workdir, its checkpoints dir, or one step dir -> (workdir, step or None for newest)."""
-  path = pathlib.Path(init_from)
-  if (path / CONFIG_FILE).exists():
-    return path, None
-  if (path.parent / CONFIG_FILE).exists():          # workdir/checkpoints
-    return path.parent, None
-  if path.name.isdigit() and (path.parent.parent / CONFIG_FILE).exists():
-    return path.parent.parent, int(path.name)
-  raise FileNotFoundError(f'config.train.init_from={init_from!r}: expected a pix2seq_d_jax '
-                          f'workdir (holding {CONFIG_FILE} and checkpoints/), or one of its '
-                          'checkpoints/<step> directories.')
-
-
-# The decoder's first conv: its input channels are the groups of `decoder_input_groups`.
-DECODER_INPUT_KERNEL = ('decoder', 'conv_in', 'kernel')
-
-
-def decoder_input_groups(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
-  """(name, channels) of the decoder's input, in the order `Pix2SeqD.decode`
-  (pix2seq_d_jax/models/pix2seq_d.py) concatenates them: 'x_t' (16), 'self_cond' (16, iff
-  config.diffusion.self_condition), 'encoder' (config.model.fpn_dim; present, zeroed, without
-  'cat' conditioning), then the P = config.model.num_cond_frames previous frames oldest first,
-  named by their distance to the current frame: 'frame_t-P', ..., 'frame_t-1' (16 each)."""
-  from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
-  n = 2 * pix2seq_d.BITS_PER_CHANNEL
-  groups = [('x_t', n)]
-  if config.diffusion.self_condition:
-    groups.append(('self_cond', n))
-  groups.append(('encoder', config.model.fpn_dim))
-  p = config.model.num_cond_frames
-  groups += [(f'frame_t-{p - j}', n) for j in range(p)]
-  return groups
-
-
-def _map_input_groups(target, source, target_groups, source_groups, name):
-  """A kernel [kh, kw, C_in, C_out] from the source's input groups to the target's: a group in
-  both keeps its weights, a group new to the target starts at zero, a source-only group is
-  dropped."""
-  for side, kernel, groups in (('source', source, source_groups),
-                               ('this model', target, target_groups)):
-    if kernel.shape[2] != sum(c for _, c in groups):
-      raise ValueError(f'config.train.init_from: {name} has {kernel.shape[2]} input channels in '
-                       f'{side} but its config gives the groups {groups} '
-                       f'({sum(c for _, c in groups)}); the checkpoint does not match its '
-                       'config.json.')
-  if target.shape[:2] != source.shape[:2] or target.shape[3] != source.shape[3]:
-    raise ValueError(f'config.train.init_from: parameter {name} has shape {source.shape} in the '
-                     f'source but {target.shape} in this model; match model.decoder.dim or drop '
-                     "'decoder' from config.train.init_from_prefixes.")
-  offsets, start = {}, 0
-  for g, c in source_groups:
-    offsets[g] = (start, c)
-    start += c
-  source = np.asarray(source)
-  parts, new = [], []
-  for g, c in target_groups:
-    if g not in offsets:
-      new.append(g)
-      parts.append(np.zeros(source.shape[:2] + (c, source.shape[3]), source.dtype))
-      continue
-    s0, sc = offsets[g]
-    if sc != c:
-      raise ValueError(f'config.train.init_from: the {g!r} input group of {name} has {sc} '
-                       f'channels in the source but {c} in this model; set model.fpn_dim={sc} '
-                       "or drop 'decoder' from config.train.init_from_prefixes.")
-    parts.append(source[:, :, s0:s0 + c])
-  dropped = [g for g, _ in source_groups if g not in dict(target_groups)]
-  if new or dropped:
-    logging.warning('init_from: %s input groups %s; zero-initialised (new): %s; dropped (not in '
-                    'this model): %s.', name, [g for g, _ in target_groups], new or 'none',
-                    dropped or 'none')
-  return jnp.asarray(np.concatenate(parts, axis=2), target.dtype)
-
-
-def _merge_params(target, source, prefixes, path=(), input_groups=None):
-  """Copies source leaves into target where the top-level name is in prefixes and shapes fit.
-
-  `input_groups` = (target groups, source groups) of `decoder_input_groups`: the decoder's first
-  conv kernel is mapped group by group (`_map_input_groups`); without them its shapes must match.
-  """
-  if isinstance(target, dict):
-    out = {}
-    for k, v in target.items():
-      sub = path + (k,)
-      if not path and k not in prefixes:
-        out[k] = v
-      elif k in source:
-        out[k] = _merge_params(v, source[k], prefixes, sub, input_groups)
-      else:
-        logging.warning('init_from: %s is not in the source checkpoint; kept fresh.',
-                        '/'.join(sub))
-        out[k] = v
-    return out
-  name = '/'.join(path)
-  if path == DECODER_INPUT_KERNEL and input_groups is not None:
-    return _map_input_groups(target, source, *input_groups, name)
-  if target.shape == source.shape:
-    return jnp.asarray(source, target.dtype)
-  raise ValueError(f'config.train.init_from: parameter {name} has shape {source.shape} in the '
-                   f'source but {target.shape} in this model; drop its top-level module from '
-                   'config.train.init_from_prefixes or match the model sizes.')
-
-
-def init_from(state, config: ml_collections.ConfigDict, build_abstract_state, shardings):
-  """Initialises params and batch stats (online and EMA) from `config.train.init_from`.
-
-  Besides a workdir: the authors' TF checkpoints and `torchvision:PATH` ResNet-50 weights
-  (pix2seq_d_jax/convert/pretrained.py).
-  """
-  from pix2seq_d_jax.convert import pretrained  # pylint: disable=g-import-not-at-top
-  if pretrained.source_of(config.train.init_from):
-    return pretrained.init_state(state, config, shardings)
-  src_workdir, step = _resolve(config.train.init_from)
-  src_config = load_config(src_workdir)
-  abstract = build_abstract_state(src_config)
-  replicated = jax.tree.map(lambda _: jax.sharding.NamedSharding(
-      jax.tree.leaves(shardings)[0].mesh, jax.sharding.PartitionSpec()), abstract)
-  manager = make_manager(src_workdir, src_config, read_only=True)
-  where = f'config.train.init_from={config.train.init_from!r}'
-  if step is None:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{where}: {checkpoint_dir(src_workdir)} holds no checkpoint; '
-                              'point init_from at a workdir that has trained.')
-  try:
-    src_state, _ = _restore_step(
-        manager, abstract, replicated, step, src_workdir, where,
-        'point init_from at a readable checkpoint, e.g. an older one as '
-        '<workdir>/checkpoints/<step>')
-  finally:
-    manager.close()
-  prefixes = tuple(config.train.init_from_prefixes)
-  src_params = jax.device_get(src_state.ema_params)
-  src_stats = jax.device_get(src_state.ema_batch_stats)
-  groups = (decoder_input_groups(config), decoder_input_groups(src_config))
-  params = _merge_params(jax.device_get(state.params), src_params, prefixes,
-                         input_groups=groups)
-  stats = _merge_params(jax.device_get(state.batch_stats), src_stats, prefixes)
-  new = state.replace(params=params, batch_stats=stats,
-                      ema_params=jax.tree.map(np.copy, params),
-                      ema_batch_stats=jax.tree.map(np.copy, stats))
-  logging.info('Initialised %s from %s.', ', '.join(prefixes), config.train.init_from)
-  return jax.device_put(new, shardings)
-
-
-def _restore_step(manager, abstract, shardings, step, workdir, where: str, fix: str):
+def restore_step(manager, abstract, shardings, step, workdir, where: str, fix: str):
   """`restore` of one named step; an unreadable one is a ValueError naming it and the fix."""
   try:
     return restore(manager, abstract, shardings, step)
@@ -410,11 +279,9 @@ def _restore_step(manager, abstract, shardings, step, workdir, where: str, fix: 
 
 def load_for_inference(workdir, step: int | None = None):
   """(config, state, meta) of a workdir's newest (or given) checkpoint on the local devices."""
-  from pix2seq_d_jax import train  # pylint: disable=g-import-not-at-top
-  from pix2seq_d_jax import sharding  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   mesh = sharding.make_mesh((('data', -1), ('fsdp', 1)))
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   manager = make_manager(workdir, config, read_only=True)
   if manager.latest_step() is None:
     raise FileNotFoundError(f'{checkpoint_dir(workdir)} holds no checkpoint yet.')
@@ -423,7 +290,7 @@ def load_for_inference(workdir, step: int | None = None):
     if step is None:     # The newest readable one (an unreadable newer one is logged).
       state, meta = restore_newest_readable(manager, abstract, shardings)
     else:
-      state, meta = _restore_step(manager, abstract, shardings, step, workdir, f'--step={step}',
+      state, meta = restore_step(manager, abstract, shardings, step, workdir, f'--step={step}',
                                   'the readable steps are tried newest first without --step')
   finally:
     manager.close()

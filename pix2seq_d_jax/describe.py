@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import train_step as train_step_lib
-from pix2seq_d_jax.models import pix2seq_d
 
 
 def _flops(fn, *args) -> float:
@@ -24,10 +24,8 @@ def _flops(fn, *args) -> float:
 
 def describe(config: ml_collections.ConfigDict) -> dict:
   """{'params': {'total', <module>...}, 'flops': {...}, 'shapes': {...}}."""
-  model = pix2seq_d.build_model(config)
-  tx, schedule = state_lib.make_optimizer(config, 1000, 0)
-  state = jax.eval_shape(lambda: state_lib.create_state(
-      model, tx, pix2seq_d.init_inputs(config), config.seed))
+  setup = state_lib.setup(config, 1000, 0)
+  model, state = setup.model, setup.abstract
   m = config.model
   bsz = config.train.batch_size
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
@@ -36,7 +34,8 @@ def describe(config: ml_collections.ConfigDict) -> dict:
   if m.num_cond_frames:
     batch['cond_masks'] = jax.ShapeDtypeStruct((bsz, m.num_cond_frames, *m.mask_size, 2),
                                                jnp.int32)
-  step = functools.partial(train_step_lib.train_step, model=model, tx=tx, lr_schedule=schedule,
+  step = functools.partial(train_step_lib.train_step, model=model, tx=setup.tx,
+                           lr_schedule=setup.lr_schedule,
                            settings=train_step_lib.StepSettings.from_config(config))
   train_flops = _flops(step, state, batch)
 

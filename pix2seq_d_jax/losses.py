@@ -67,24 +67,7 @@ def sigmoid_xent_loss(bit_logits: jax.Array, x0: jax.Array, b: bits_lib.Scale,
   return -jnp.mean(ll * weights[..., None])
 
 
-LOSSES = ('softmax_xent', 'l2', 'sigmoid_xent')
-
-
-def x0_from_output(out: jax.Array, loss: str, b: bits_lib.Scale) -> jax.Array:
-  """The decoder's x0 estimate, float32 [B, h, w, 16] in [-b, b], for any of the LOSSES heads.
-
-  softmax_xent: expected analog bits of the grouped softmaxes (out: logits [B, h, w, G, 2^n]);
-  l2: the output itself, clipped; sigmoid_xent: (2 sigmoid(f) - 1) b. b may be per channel
-  (`bits.bit_scales`).
-  """
-  if loss == 'softmax_xent':
-    return bits_lib.expected_analog_bits(out, b)
-  scale = bits_lib.bit_scales(b, out.shape[-1] // bits_lib.BITS_PER_CHANNEL)
-  if loss == 'l2':
-    return jnp.clip(out, -scale, scale)
-  if loss == 'sigmoid_xent':
-    return (2.0 * jax.nn.sigmoid(out) - 1.0) * scale
-  raise ValueError(f'Unknown loss {loss!r}; valid: {LOSSES}.')
+LOSSES = bits_lib.HEADS
 
 
 def diffusion_loss(out: jax.Array, masks: jax.Array, x0: jax.Array, weights: jax.Array,

@@ -92,7 +92,7 @@ def main(argv):
     metrics = train.evaluate(config, FLAGS.workdir, FLAGS.step)
   else:
     from pix2seq_d_jax import predict_files  # pylint: disable=g-import-not-at-top
-    metrics = predict_files.run(config, FLAGS.workdir, FLAGS.input, FLAGS.step)
+    metrics = predict_files.run(FLAGS.workdir, FLAGS.input, FLAGS.step)
   if metrics:
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     logging.info('Result: %s', json.dumps(summary))

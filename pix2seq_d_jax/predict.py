@@ -1,206 +1,75 @@
-"""Sampling (SPEC §4) and post-processing (SPEC §6), and the `Predictor` API.
+"""The `Predictor` API: panoptic predictions for uint8 images, for use from Python.
 
-`sample` runs the encoder once and a `lax.scan` over N decoder steps; N is static (one compiled
-program per N), `td` is a runtime value. The initial noise of each example comes from a key folded
-with its stable example id (Decision 6), so a prediction does not depend on the batch it is in.
-
-Valid sampler settings (`check_sampler_args`): `steps` an integer >= 1; `td` a finite number >= 0.
-td = 0 is plain DDIM; td > 0 hands each step a sample from a later time (the paper's asymmetric
-time difference); td >= steps - 1 makes the first step jump straight to t = 0. A negative td
-would hand a step a sample from an earlier time than it was told (and below -1, a time past 1,
-where the cosine gamma rises again), so it is refused.
+The sampler itself lives in pix2seq_d_jax/sampling.py; `PredictorBase` is what the image and
+the video predictor (pix2seq_d_jax/predict_video.py) share: loading a workdir, the sampler
+settings of a call, a cache of jitted samplers, and post-processing at the input size. Nothing
+here imports training code.
 """
 
-import dataclasses
 import functools
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pix2seq_d_jax import bits as bits_lib
-from pix2seq_d_jax import diffusion
-from pix2seq_d_jax import losses
-
-DECODINGS = ('bits', 'argmax')
+from pix2seq_d_jax import checkpoint
+from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import sampling
 
 
-@dataclasses.dataclass(frozen=True)
-class SampleSettings:
-  """Static sampler settings read once from the config."""
-  b: bits_lib.Scale
-  schedule: str
-  loss: str
-  num_classes: int
-  max_instances: int
-  self_condition: bool
+class PredictorBase:
+  """A model with its variables and categories, and the jitted samplers built for it."""
+
+  def __init__(self, config: ml_collections.ConfigDict, variables: dict, categories=None):
+    self.config = config
+    self.variables = variables
+    self.categories = categories
+    self.model = pix2seq_d.build_model(config)
+    self.settings = sampling.SampleSettings.from_config(config)
+    self.image_size = tuple(config.model.image_size)
+    self._fns = {}
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> 'SampleSettings':
-    d = config.diffusion
-    # .get: configs saved by workdirs before instance_b existed lack it.
-    return cls(b=bits_lib.scale_from_config(d.b, d.get('instance_b', 0.0)),
-               schedule=d.infer_schedule, loss=d.loss, num_classes=config.dataset.num_classes,
-               max_instances=config.dataset.max_instances, self_condition=d.self_condition)
+  def from_workdir(cls, workdir: str, step: int | None = None, use_ema: bool = True):
+    """Loads the config saved in `workdir` and the newest (or given) checkpoint."""
+    config, state, _ = checkpoint.load_for_inference(workdir, step)
+    return cls(config, state.variables(use_ema), checkpoint.load_categories(workdir))
+
+  def _options(self, **overrides) -> sampling.EvalOptions:
+    """config.eval's sampler settings with this call's arguments (None: the config's)."""
+    return sampling.EvalOptions.from_config(self.config, where=f'{type(self).__name__}: ',
+                                            **overrides)
+
+  def _jit(self, key, build):
+    """The jitted function `build()` returns, built once per `key` (static settings)."""
+    if key not in self._fns:
+      self._fns[key] = build()
+    return self._fns[key]
+
+  def _postprocess(self, masks: jax.Array, size, **rules):
+    """Mask-resolution predictions int32 [b, h, w, 2] -> (class, id) int32 [b, *size]
+    (`sampling.postprocess`; `rules`: min_pixels, clear_void_ids)."""
+    b = masks.shape[0]
+    unpad = sampling.fit_size(size, self.image_size)
+    cls, ids = sampling.postprocess_jit(
+        masks, jnp.tile(jnp.asarray(size, jnp.int32), (b, 1)),
+        jnp.tile(jnp.asarray(unpad, jnp.int32), (b, 1)), image_size=self.image_size,
+        out_size=tuple(size), num_classes=self.settings.num_classes,
+        max_instances=self.settings.max_instances, **rules)
+    return np.asarray(cls), np.asarray(ids)
+
+  @staticmethod
+  def _check_uint8(x, ndim: int, what: str, shape_text: str, where: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != ndim or x.shape[-1] != 3 or x.dtype != np.uint8:
+      raise ValueError(f'{where}: {what} must be uint8 {shape_text}, got {x.dtype} {x.shape}. '
+                       'Stack same-size RGB images; convert floats in [0, 1] with '
+                       '(x * 255).astype(np.uint8).')
+    return x
 
 
-def check_sampler_args(steps, td=None, *, steps_key: str = 'steps', td_key: str = 'td',
-                       where: str = '') -> None:
-  """Raises ValueError naming `steps_key` / `td_key` (after `where`, e.g. 'Predictor: ') unless
-  steps is an integer >= 1 and td a finite number >= 0 (see the module docstring). A traced td
-  (inside jit) is not checked."""
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-    raise ValueError(f'{where}{steps_key}={steps!r}: the number of DDIM steps must be an '
-                     f'integer >= 1 (0 steps would return all-void maps); set {steps_key} to '
-                     'e.g. 20.')
-  if td is None or isinstance(td, jax.core.Tracer):
-    return
-  value = np.asarray(td)
-  if value.ndim or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value) or (
-      value < 0):
-    raise ValueError(f'{where}{td_key}={td!r}: the time difference must be a finite number '
-                     '>= 0 (0: plain DDIM, the paper uses 1.0; a negative td runs time '
-                     f'backwards); set {td_key} to e.g. 1.0.')
-
-
-def check_eval_config(config: ml_collections.ConfigDict) -> None:
-  """config.eval's sampler settings (steps, steps_later for video, td), checked at start-up."""
-  e = config.eval
-  check_sampler_args(e.steps, e.td, steps_key='config.eval.steps', td_key='config.eval.td')
-  if 'steps_later' in e:
-    check_sampler_args(e.steps_later, steps_key='config.eval.steps_later')
-
-
-def initial_noise(rng: jax.Array, example_ids: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """x_T float32 [B, *shape]: example i's noise depends only on (rng, example_ids[i])."""
-  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), shape))(example_ids)
-
-
-def sample(variables: dict, images: jax.Array, example_ids: jax.Array, rng: jax.Array, td, *,
-           model, settings: SampleSettings, steps: int, decode: str = 'bits', cond=None):
-  """Generates masks for a batch of images.
-
-  Args:
-    variables: {'params', 'batch_stats'} (EMA by default).
-    images: float32 [B, H, W, 3] in [0, 1], padded to the model's image size.
-    example_ids: int32 [B] stable ids (e.g. image ids) that seed each example's noise.
-    rng: base key shared by all examples.
-    td: asymmetric time difference (runtime scalar).
-    model: Pix2SeqD; settings: static; steps: N (static).
-    decode: 'bits' (threshold expected bits, the reference) or 'argmax' (argmax of the last
-      step's softmaxes; softmax head only).
-    cond: optional analog bits of previous frames [B, h, w, 16 P] (video).
-
-  Returns:
-    int32 [B, h, w, 2] (class + 1, instance id) at mask resolution, classes < num_classes and
-    ids < max_instances.
-  """
-  s = settings
-  check_sampler_args(steps, td)
-  if decode not in DECODINGS:
-    raise ValueError(f'decode={decode!r}; valid: {DECODINGS}.')
-  if decode == 'argmax' and s.loss != 'softmax_xent':
-    raise ValueError("decode='argmax' needs the softmax head (config.diffusion.loss='softmax_xent').")
-  enc_cat, tokens = model.apply(variables, images, train=False, method='encode')
-  num_bits = model.num_bits
-  x_init = initial_noise(rng, example_ids, (*enc_cat.shape[1:3], num_bits))
-  limits = (s.num_classes, s.max_instances)
-
-  def denoise(x_t, gamma, carry):
-    out = model.apply(variables, x_t, gamma, enc_cat, tokens, train=False, self_cond=carry,
-                      cond=cond, method='decode')
-    x0 = losses.x0_from_output(out, s.loss, s.b)
-    aux = bits_lib.argmax_decode(out, limits) if decode == 'argmax' else jnp.zeros((), jnp.int32)
-    return x0, aux, (x0 if s.self_condition else None)
-
-  carry = jnp.zeros_like(x_init) if s.self_condition else None
-  x0, aux = diffusion.ddim_sample(denoise, x_init, steps=steps, td=td,
-                                  schedule=diffusion.get_schedule(s.schedule),
-                                  x0_clip=bits_lib.bit_scales(
-                                      s.b, x_init.shape[-1] // bits_lib.BITS_PER_CHANNEL),
-                                  carry_init=carry)
-  if decode == 'argmax':
-    return aux
-  return bits_lib.analog_bits_to_map(x0, 2, limits)
-
-
-def nearest_index(out_len: int, valid_len: jax.Array, src_len: jax.Array) -> jax.Array:
-  """Half-pixel-centre nearest source index for each of `out_len` outputs of a resize
-  src_len -> valid_len (outputs past valid_len are clamped; they are masked later)."""
-  pos = (jnp.arange(out_len, dtype=jnp.float32) + 0.5) * src_len / valid_len
-  return jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, jnp.maximum(src_len - 1, 0))
-
-
-def postprocess(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array, *,
-                image_size: tuple[int, int], out_size: tuple[int, int], num_classes: int,
-                max_instances: int, min_pixels: int, clear_void_ids: bool = True):
-  """Mask-resolution predictions -> class and instance maps at the original image size (SPEC §6).
-
-  Nearest resize mask -> image size, crop the unpadded region, nearest resize to the original
-  size; then per id the majority class (ties: the smallest class), ids under `min_pixels` pixels
-  (counted at the original size) become void, and id := 0 wherever the class is void.
-
-  Args:
-    masks: int32 [B, h, w, 2].
-    orig_size: int32 [B, 2] original (height, width) of each image.
-    unpadded_size: int32 [B, 2] size of the resized image inside the model's canvas.
-    image_size: the model's (H, W); out_size: static (Ho, Wo) >= every orig_size.
-    min_pixels: ids with fewer pixels become void (0 disables the rule).
-    clear_void_ids: set id := 0 where the voted class is void (images); video keeps the
-      predicted ids, which the tracking metrics score.
-
-  Returns:
-    (class_map, id_map) int32 [B, Ho, Wo]; pixels beyond orig_size are 0.
-  """
-  h, w = masks.shape[1:3]
-  big_h, big_w = image_size
-
-  def one(m, orig, unpad):
-    oh, ow = orig[0], orig[1]
-    # Two nearest resizes as the reference: original -> canvas, canvas -> mask grid.
-    yi = nearest_index(out_size[0], oh, unpad[0])
-    xi = nearest_index(out_size[1], ow, unpad[1])
-    ym = nearest_index(big_h, big_h, h)[yi]
-    xm = nearest_index(big_w, big_w, w)[xi]
-    cls = m[ym][:, xm, 0]
-    ids = m[ym][:, xm, 1]
-    valid = ((jnp.arange(out_size[0]) < oh)[:, None] & (jnp.arange(out_size[1]) < ow)[None, :])
-    hist = jnp.zeros((max_instances * num_classes,), jnp.int32).at[
-        (ids * num_classes + cls).reshape(-1)].add(valid.reshape(-1).astype(jnp.int32))
-    hist = hist.reshape(max_instances, num_classes)
-    voted = jnp.argmax(hist, axis=1).astype(jnp.int32)
-    if min_pixels > 0:
-      voted = jnp.where(hist.sum(axis=1) < min_pixels, 0, voted)
-    cls = jnp.where(valid, voted[ids], 0)
-    ids = jnp.where(cls == 0, 0, ids) if clear_void_ids else jnp.where(valid, ids, 0)
-    return cls, ids
-
-  return jax.vmap(one)(masks, orig_size, unpadded_size)
-
-
-def fit_size(size: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:
-  """The largest (h, w) with the aspect of `size` inside image_size (the eval pipeline's rule)."""
-  scale = min(image_size[0] / size[0], image_size[1] / size[1])
-  return (min(max(int(round(size[0] * scale)), 1), image_size[0]),
-          min(max(int(round(size[1] * scale)), 1), image_size[1]))
-
-
-@functools.partial(jax.jit, static_argnames=('image_size',))
-def preprocess_images(images: jax.Array, image_size: tuple[int, int]) -> jax.Array:
-  """uint8 [B, H0, W0, 3] -> float32 [B, H, W, 3] resized to fit (bilinear, antialiased) and
-  padded with 0.3 at the bottom/right, as the evaluation pipeline does."""
-  nh, nw = fit_size(images.shape[1:3], image_size)
-  x = images.astype(jnp.float32) / 255.0
-  if (nh, nw) != tuple(images.shape[1:3]):
-    x = jnp.clip(jax.image.resize(x, (x.shape[0], nh, nw, 3), 'bilinear', antialias=True), 0, 1)
-  return jnp.pad(x, ((0, 0), (0, image_size[0] - nh), (0, image_size[1] - nw), (0, 0)),
-                 constant_values=0.3)
-
-
-class Predictor:
+class Predictor(PredictorBase):
   """Panoptic predictions for uint8 images, for use from Python.
 
     predictor = Predictor.from_workdir('runs/shapes')
@@ -209,32 +78,10 @@ class Predictor:
     predictor.categories                          # COCO-style category dicts (index = class - 1)
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, variables: dict, categories=None):
-    from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
-    self.config = config
-    self.variables = variables
-    self.categories = categories
-    self.model = pix2seq_d.build_model(config)
-    self.settings = SampleSettings.from_config(config)
-    self._fns = {}
-
-  @classmethod
-  def from_workdir(cls, workdir: str, step: int | None = None, use_ema: bool = True):
-    """Loads the config saved in `workdir` and the newest (or given) checkpoint."""
-    from pix2seq_d_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    config, state, _ = checkpoint.load_for_inference(workdir, step)
-    categories = None
-    meta = pathlib.Path(workdir) / 'categories.json'
-    if meta.exists():
-      categories = json.loads(meta.read_text())
-    return cls(config, state.variables(use_ema), categories)
-
-  def _sample_fn(self, steps, decode):
+  def _sample_fn(self, steps: int, decode: str):
     """The expensive part, jitted once per (steps, decode) and canvas batch shape."""
-    if (steps, decode) not in self._fns:
-      self._fns[steps, decode] = jax.jit(functools.partial(
-          sample, model=self.model, settings=self.settings, steps=steps, decode=decode))
-    return self._fns[steps, decode]
+    return self._jit((steps, decode), lambda: jax.jit(functools.partial(
+        sampling.sample, model=self.model, settings=self.settings, steps=steps, decode=decode)))
 
   def __call__(self, images, steps: int | None = None, td: float | None = None, seed: int = 0,
                example_ids=None, decode: str | None = None) -> dict:
@@ -249,37 +96,16 @@ class Predictor:
     Returns:
       {'class': int32 [b, H, W] (category index + 1, 0 = void), 'id': int32 [b, H, W]}.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-      raise ValueError(f'Predictor: images must be uint8 [b, H, W, 3], got {images.dtype} '
-                       f'{images.shape}. Stack same-size RGB images; convert floats with '
-                       '(x * 255).astype(np.uint8).')
-    # Each error names the argument, or the config key its default came from.
-    key = lambda arg, name: f'config.eval.{name}' if arg is None else name
-    check_sampler_args(self.config.eval.steps if steps is None else steps,
-                       self.config.eval.td if td is None else td,
-                       steps_key=key(steps, 'steps'), td_key=key(td, 'td'), where='Predictor: ')
-    steps = self.config.eval.steps if steps is None else steps
-    td = self.config.eval.td if td is None else td
-    decode = self.config.eval.decode if decode is None else decode
+    images = self._check_uint8(images, 4, 'images', '[b, H, W, 3]', 'Predictor')
+    opts = self._options(steps=steps, td=td, decode=decode)
     if example_ids is None:
       example_ids = np.arange(images.shape[0])
-    image_size = tuple(self.config.model.image_size)
     # Resizing and post-processing compile per input size (cheap); the sampler only per
     # canvas batch shape, so images of new sizes do not recompile the model.
-    canvas = preprocess_images(jnp.asarray(images), image_size)
-    unpad = fit_size(images.shape[1:3], image_size)
-    masks = self._sample_fn(steps, decode)(
+    canvas = sampling.preprocess_images(jnp.asarray(images), self.image_size)
+    masks = self._sample_fn(opts.steps, opts.decode)(
         self.variables, canvas, jnp.asarray(example_ids, jnp.int32), jax.random.PRNGKey(seed),
-        jnp.float32(td))
-    b = images.shape[0]
-    cls, ids = _postprocess_jit(
-        masks, jnp.tile(jnp.asarray(images.shape[1:3], jnp.int32), (b, 1)),
-        jnp.tile(jnp.asarray(unpad, jnp.int32), (b, 1)), image_size=image_size,
-        out_size=images.shape[1:3], num_classes=self.settings.num_classes,
-        max_instances=self.settings.max_instances, min_pixels=self.config.eval.min_pixels)
-    return {'class': np.asarray(cls), 'id': np.asarray(ids)}
-
-
-_postprocess_jit = jax.jit(postprocess, static_argnames=(
-    'image_size', 'out_size', 'num_classes', 'max_instances', 'min_pixels', 'clear_void_ids'))
+        jnp.float32(opts.td))
+    cls, ids = self._postprocess(masks, images.shape[1:3],
+                                 min_pixels=self.config.eval.min_pixels)
+    return {'class': cls, 'id': ids}

@@ -22,9 +22,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from pix2seq_d_jax import predict
-from pix2seq_d_jax.evaluation import coco_format
 from pix2seq_d_jax.evaluation import visualize
+from pix2seq_d_jax.formats import coco_format
+from pix2seq_d_jax import predict
 
 # PIL's own decompression-bomb limit (twice its warning threshold; PIL raises past it). An image
 # this large holds gigabytes once decoded and as class and id maps at its own size.
@@ -86,14 +86,13 @@ def read_rgb(path: str) -> np.ndarray:
   return rgb
 
 
-def run(config, workdir: str, pattern: str | None, step: int | None = None) -> dict:
+def run(workdir: str, pattern: str | None, step: int | None = None) -> dict:
   """Predicts every usable file matching `pattern` with the workdir's newest (or given)
-  checkpoint.
+  checkpoint, with the config saved in the workdir (it describes its checkpoint).
 
   Returns:
     {'num_images': files predicted, 'output': the folder, 'skipped': {path: reason}}.
   """
-  del config  # The workdir's own config describes its checkpoint.
   if not pattern:
     raise ValueError('--mode=predict needs --input=GLOB (image files); for the evaluation split '
                      'with metrics use --mode=eval.')

@@ -13,6 +13,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -96,6 +97,13 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   """This process's numpy batch -> global jax arrays sharded over the batch axes."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
           for k, v in local.items()}
+
+
+def gather_to_host(x) -> np.ndarray:
+  """A global array -> numpy on every process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def initialize_distributed(coordinator_address: str = '', num_processes: int = 0,

@@ -1,12 +1,17 @@
-"""The train state pytree, the optimizer and the learning-rate schedule (SPEC §3.6, §3.7)."""
+"""The train state pytree, the optimizer and the learning-rate schedule (SPEC §3.6, §3.7), and
+`setup`: the one place that builds a config's model, optimizer and state."""
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from pix2seq_d_jax.models import pix2seq_d
 
 
 @flax.struct.dataclass
@@ -72,3 +77,35 @@ def create_state(model, tx: optax.GradientTransformation, init_inputs, seed: int
                     ema_params=jax.tree.map(jnp.copy, params),
                     ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
                     opt_state=tx.init(params), rng=state_rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a config builds: the model, the optimizer, and its state as shapes and as a function.
+
+  Attributes:
+    model: the Pix2SeqD module.
+    tx, lr_schedule: from `make_optimizer`.
+    init: () -> a fresh TrainState (wrap it in `jax.jit` with out_shardings to place it).
+    abstract: the TrainState's shapes and dtypes (`jax.eval_shape` of init; nothing allocated).
+  """
+  model: nn.Module
+  tx: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  init: Callable[[], TrainState]
+  abstract: TrainState
+
+
+def setup(config: ml_collections.ConfigDict, total_steps: int = 1,
+          warmup_steps: int = 0) -> Setup:
+  """The model, optimizer and state of `config` (the step counts only shape the schedule)."""
+  model = pix2seq_d.build_model(config)
+  tx, lr_schedule = make_optimizer(config, total_steps, warmup_steps)
+  init = lambda: create_state(model, tx, pix2seq_d.init_inputs(config), config.seed)
+  return Setup(model=model, tx=tx, lr_schedule=lr_schedule, init=init,
+               abstract=jax.eval_shape(init))
+
+
+def abstract_state(config: ml_collections.ConfigDict) -> TrainState:
+  """The TrainState's shapes and dtypes for `config`, e.g. to restore a checkpoint into."""
+  return setup(config).abstract

@@ -1,27 +1,34 @@
-"""Training and evaluation: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir)`.
+"""The training loop: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir)`.
 
 Re-running with the same workdir resumes from the newest checkpoint (see checkpoint.py for the
 resume order). The train step, the sampler and the state live on a ('data', 'fsdp') mesh.
+`train_and_evaluate` reads top to bottom in phases: set-up (`Trainer`), the step loop, logging
+(`_TrainLog`), the checkpoint cadence and the evaluation cadence.
 """
 
 import functools
-import json
 import logging
 import pathlib
 import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from pix2seq_d_jax import checkpoint
+from pix2seq_d_jax import data
+from pix2seq_d_jax.data import pipeline
+from pix2seq_d_jax import eval_panoptic
+from pix2seq_d_jax import eval_vos
+from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import sampling
 from pix2seq_d_jax import sharding
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import train_step as train_step_lib
-from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import warm_start
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_examples: int | None) -> int:
@@ -42,12 +49,23 @@ def num_warmup_steps(config: ml_collections.ConfigDict, num_examples: int | None
   return int(round(t.warmup_epochs * (num_examples or 0) / t.batch_size))
 
 
-def abstract_state(config: ml_collections.ConfigDict, total_steps: int = 1, warmup: int = 0):
-  """The TrainState's shapes and dtypes, without allocating it."""
-  model = pix2seq_d.build_model(config)
-  tx, _ = state_lib.make_optimizer(config, total_steps, warmup)
-  return jax.eval_shape(
-      lambda: state_lib.create_state(model, tx, pix2seq_d.init_inputs(config), config.seed))
+def check_frames(config: ml_collections.ConfigDict, is_video: bool) -> None:
+  """At start-up: a video data set's windows are the P = model.num_cond_frames previous frames
+  plus the current one (dataset.num_frames = P + 1); image data has no previous frames (P = 0)."""
+  p = config.model.num_cond_frames
+  if not is_video:
+    if p:
+      raise ValueError(f'config.model.num_cond_frames={p} but config.dataset.name='
+                       f'{config.dataset.name!r} is an image data set (no previous frames): set '
+                       'config.model.num_cond_frames=0, or train on a video data set.')
+    return
+  n = config.dataset.num_frames
+  if n - 1 != p:
+    fix = (f'set config.model.num_cond_frames={n - 1} or config.dataset.num_frames={p + 1}'
+           if n >= 1 else f'set config.dataset.num_frames={p + 1}')
+    raise ValueError(f'config.dataset.num_frames={n} but config.model.num_cond_frames={p}: a '
+                     'training window is the previous frames the model conditions on plus the '
+                     f'current frame, so num_frames must be num_cond_frames + 1; {fix}.')
 
 
 class _Preemption:
@@ -132,30 +150,23 @@ class Trainer:
   """Holds what the loop and the evaluations share: model, mesh, jitted functions, writers."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    from pix2seq_d_jax import data  # pylint: disable=g-import-not-at-top
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.source = data.get_source(config.dataset)
-    from pix2seq_d_jax import predict, video  # pylint: disable=g-import-not-at-top
-    predict.check_eval_config(config)       # bad sampler settings fail here, not at the eval
-    video.check_frames(config, self.source.is_video)
+    sampling.EvalOptions.from_config(config)   # bad sampler settings fail here, not at the eval
+    check_frames(config, self.source.is_video)
     self.mesh = sharding.make_mesh(config.mesh)
     train_step_lib.check_microbatches(
         config, int(np.prod([self.mesh.shape[a] for a in sharding.BATCH_AXES])))
     n_train = self.source.num_examples('train')
     self.total_steps = num_train_steps(config, n_train)
-    warmup = num_warmup_steps(config, n_train)
-    self.model = pix2seq_d.build_model(config)
-    self.tx, self.lr_schedule = state_lib.make_optimizer(config, self.total_steps, warmup)
-    self.abstract = jax.eval_shape(self._create)
+    self.setup = state_lib.setup(config, self.total_steps, num_warmup_steps(config, n_train))
+    self.model = self.setup.model
+    self.abstract = self.setup.abstract
     self.shardings = sharding.state_shardings(self.abstract, self.mesh)
     sharding.check_sharded(self.shardings, self.abstract, self.mesh)
     self.manager = checkpoint.make_manager(self.workdir, config)
     self._eval_fn = None
-
-  def _create(self):
-    return state_lib.create_state(self.model, self.tx, pix2seq_d.init_inputs(self.config),
-                                  self.config.seed)
 
   def restore_or_init(self):
     """(state, start step): newest checkpoint, else config.train.init_from, else fresh."""
@@ -172,9 +183,9 @@ class Trainer:
     if (self.workdir / checkpoint.CONFIG_FILE).exists():
       logging.warning('%s holds an earlier run\'s %s but no checkpoint: starting at step 0.',
                       self.workdir, checkpoint.CONFIG_FILE)
-    state = jax.jit(self._create, out_shardings=self.shardings)()
+    state = jax.jit(self.setup.init, out_shardings=self.shardings)()
     if self.config.train.init_from:
-      state = checkpoint.init_from(state, self.config, abstract_state, self.shardings)
+      state = warm_start.init_from(state, self.config, self.shardings)
     return state, 0
 
   def make_train_step(self):
@@ -182,35 +193,26 @@ class Trainer:
     in_batch = {'image': batch_sh(4), 'masks': batch_sh(4)}
     if self.source.is_video:
       in_batch['cond_masks'] = batch_sh(5)
-    step = functools.partial(train_step_lib.train_step, model=self.model, tx=self.tx,
-                             lr_schedule=self.lr_schedule,
+    step = functools.partial(train_step_lib.train_step, model=self.model, tx=self.setup.tx,
+                             lr_schedule=self.setup.lr_schedule,
                              settings=train_step_lib.StepSettings.from_config(self.config))
     return jax.jit(step, in_shardings=(self.shardings, in_batch),
                    out_shardings=(self.shardings, sharding.replicated(self.mesh)),
                    donate_argnums=0)
 
   def evaluate(self, state, step: int, writer=None, **overrides) -> dict:
-    from pix2seq_d_jax.evaluation import run, run_video  # pylint: disable=g-import-not-at-top
-    variables = state.variables(self.config.eval.use_ema)
-    out_dir = self.workdir / 'eval' / f'step_{step}'
-    if self.source.is_video:
-      metrics = run_video.evaluate_video(self.config, variables, self.source, self.model,
-                                         self.mesh, out_dir, step=step, **overrides)
-    else:
-      if self._eval_fn is None:
-        self._eval_fn = run.make_panoptic_fn(self.config, self.model, self.mesh)
-      metrics = run.evaluate_panoptic(self.config, variables, self.source, self.model, self.mesh,
-                                      out_dir, step=step, fn=self._eval_fn, **overrides)
-    panels = metrics.pop('_panels', [])
+    """Runs the evaluation loop of the data (images: PQ, video: J&F) on `state`; writes
+    WORKDIR/eval/step_N/ and, with a writer, the scalars and pictures to TensorBoard."""
+    video = self.source.is_video
+    if self._eval_fn is None:     # compiled once per run, reused by every evaluation
+      make = eval_vos.make_video_fn if video else eval_panoptic.make_panoptic_fn
+      self._eval_fn = make(self.config, self.model)
+    run = eval_vos.evaluate_video if video else eval_panoptic.evaluate_panoptic
+    metrics, panels = run(self.config, state.variables(self.config.eval.use_ema), self.source,
+                          self.model, self.mesh, self.workdir / 'eval' / f'step_{step}',
+                          step=step, fn=self._eval_fn, **overrides)
     if writer is not None and metrics:
-      scalars = {f'eval/{k}': v for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'step'}
-      writer.write_scalars(step, scalars)
-      if panels:
-        h = min(p.shape[0] for p in panels)
-        w = min(p.shape[1] for p in panels)
-        writer.write_images(step, {'eval/predictions': np.stack([p[:h, :w] for p in panels])})
-      writer.flush()
+      _write_eval(writer, step, metrics, panels)
     return metrics
 
   def save(self, state, force=False):
@@ -219,17 +221,21 @@ class Trainer:
                            force=force)
 
 
+def _write_eval(writer, step: int, metrics: dict, panels: list) -> None:
+  scalars = {f'eval/{k}': v for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'step'}
+  writer.write_scalars(step, scalars)
+  if panels:
+    h = min(p.shape[0] for p in panels)
+    w = min(p.shape[1] for p in panels)
+    writer.write_images(step, {'eval/predictions': np.stack([p[:h, :w] for p in panels])})
+  writer.flush()
+
+
 def _write_run_files(trainer: Trainer) -> None:
-  if jax.process_index() != 0:
-    return
-  checkpoint.save_config(trainer.workdir, trainer.config)
-  path = trainer.workdir / 'categories.json'
-  try:
-    path.write_text(json.dumps(trainer.source.categories, indent=1))
-  except OSError as err:
-    raise checkpoint.WriteError.of(err, f'Writing {path} failed ({err}): the disk is full or '
-                                   'the workdir is not writable; free space or pass a writable '
-                                   '--workdir.') from err
+  if jax.process_index() == 0:
+    checkpoint.save_config(trainer.workdir, trainer.config)
+    checkpoint.save_categories(trainer.workdir, trainer.source.categories)
 
 
 def _check_finite(window: list, first_step: int) -> None:
@@ -242,6 +248,65 @@ def _check_finite(window: list, first_step: int) -> None:
           'checkpoint is kept. Lower config.train.learning_rate or check the input data.')
 
 
+class _TrainLog:
+  """The logging window: keeps the device at most one step ahead of Python, checks that the
+  steps were finite, and writes the mean scalars, throughput and ETA every log_every_steps."""
+
+  def __init__(self, writer, config: ml_collections.ConfigDict, total: int, start: int):
+    self.writer = writer
+    self.batch_size = config.train.batch_size
+    self.total = total
+    self.window, self.first_in_window, self.window_start = [], start, time.time()
+    self.run_start, self.steps_timed = None, 0
+
+  def add(self, metrics: dict) -> None:
+    if self.window:
+      # Keep at most one step queued behind the running one: the device stays busy, while
+      # Python does not run ahead by a whole logging window (a SIGTERM then saves the step it
+      # arrived at, and the throughput and ETA are measured, not dispatched, steps).
+      jax.block_until_ready(self.window[-1]['loss'])
+    self.window.append(metrics)
+
+  def check_finite(self) -> None:
+    """Raises FloatingPointError if a step of the window diverged (before a checkpoint)."""
+    if self.window:
+      _check_finite(jax.device_get(self.window), self.first_in_window)
+
+  def flush(self, done: int) -> None:
+    window = jax.device_get(self.window)
+    _check_finite(window, self.first_in_window)
+    now = time.time()
+    if self.run_start is None:   # The first window includes compilation; time from here on.
+      self.run_start = now
+    else:
+      self.steps_timed += len(window)
+    rate = len(window) / max(now - self.window_start, 1e-9)
+    avg = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+    avg.pop('nonfinite')
+    scalars = {f'train/{k}': v for k, v in avg.items()}
+    scalars.update({'perf/steps_per_sec': rate, 'perf/examples_per_sec': rate * self.batch_size})
+    self.writer.write_scalars(done, scalars)
+    steady = self.steps_timed / max(now - self.run_start, 1e-9) if self.steps_timed else rate
+    parts = ' '.join(f'{k[5:]} {avg[k]:.3f}' for k in ('loss_class', 'loss_id') if k in avg)
+    logging.info('step %d/%d | loss %.4f %s| lr %.2e | %.2f steps/s, %.1f img/s | ETA %s',
+                 done, self.total, avg['loss'], f'({parts}) ' if parts else '', avg['lr'], rate,
+                 rate * self.batch_size,
+                 _format_duration((self.total - done) / max(steady, 1e-9)))
+    self.window, self.window_start, self.first_in_window = [], now, done
+
+
+def _train_batches(config: ml_collections.ConfigDict, trainer: Trainer, start: int):
+  """The global train batches of steps start, start + 1, ... (dropped segments logged)."""
+  ds = pipeline.train_dataset(config, trainer.source, start_step=start,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  dropped_total = [0]
+  for step, local in enumerate(pipeline.as_numpy(ds), start):
+    pipeline.log_dropped(step, local.pop('dropped_segments'), dropped_total)
+    local.pop('id')
+    yield sharding.global_batch(local, trainer.mesh)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        evaluate: bool = True) -> dict:
   """Trains (resuming if possible), evaluating every eval.every_steps and at the end.
@@ -249,8 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The last evaluation's metrics (process 0; {} elsewhere or when evaluate=False).
   """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from pix2seq_d_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  # Set-up: model, mesh, state (resumed or fresh), run files, data, writer.
+  t = config.train
   trainer = Trainer(config, workdir)
   main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not main,
@@ -259,68 +324,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   _write_run_files(trainer)
   total = trainer.total_steps
   step_fn = trainer.make_train_step()
-  t = config.train
   if start == 0 and main:
     params = pix2seq_d.count_params(state.params)
     writer.write_hparams({'params': params['total'], **{f'params_{k}': v for k, v in
                                                         params.items() if k != 'total'}})
-  ds = pipeline.train_dataset(config, trainer.source, start_step=start,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count())
-  batches = pipeline.as_numpy(ds)
+  batches = _train_batches(config, trainer, start)
   logging.info('Training steps %d..%d (batch %d, %s).', start, total, t.batch_size,
                'resumed' if start else 'fresh start')
-  window, dropped_total = [], [0]
+  log = _TrainLog(writer, config, total, start)
   last_metrics = {}
-  window_start = time.time()
-  first_in_window = start
-  run_start, steps_timed = None, 0
   with _Preemption() as preemption, _FinishSavesOnError(trainer.manager):
+    # The step loop.
     for step in range(start, total):
-      local = next(batches)
-      pipeline.log_dropped(step, local.pop('dropped_segments'), dropped_total)
-      local.pop('id')
-      batch = sharding.global_batch(local, trainer.mesh)
-      state, metrics = step_fn(state, batch)
-      if window:
-        # Keep at most one step queued behind the running one: the device stays busy, while
-        # Python does not run ahead by a whole logging window (a SIGTERM then saves the step it
-        # arrived at, and the throughput and ETA are measured, not dispatched, steps).
-        jax.block_until_ready(window[-1]['loss'])
-      window.append(metrics)
+      state, metrics = step_fn(state, next(batches))
+      log.add(metrics)
       done = step + 1
       last = done == total
       stop = preemption.should_stop(done)
+      # Logging.
       if done % t.log_every_steps == 0 or last or stop:
-        window = jax.device_get(window)
-        _check_finite(window, first_in_window)
-        now = time.time()
-        if run_start is None:   # The first window includes compilation; time from here on.
-          run_start = now
-        else:
-          steps_timed += len(window)
-        rate = len(window) / max(now - window_start, 1e-9)
-        avg = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-        avg.pop('nonfinite')
-        scalars = {f'train/{k}': v for k, v in avg.items()}
-        scalars.update({'perf/steps_per_sec': rate,
-                        'perf/examples_per_sec': rate * t.batch_size})
-        writer.write_scalars(done, scalars)
-        steady = steps_timed / max(now - run_start, 1e-9) if steps_timed else rate
-        parts = ' '.join(f'{k[5:]} {avg[k]:.3f}' for k in ('loss_class', 'loss_id') if k in avg)
-        logging.info('step %d/%d | loss %.4f %s| lr %.2e | %.2f steps/s, %.1f img/s | ETA %s',
-                     done, total, avg['loss'], f'({parts}) ' if parts else '', avg['lr'], rate,
-                     rate * t.batch_size, _format_duration((total - done) / max(steady, 1e-9)))
-        window, window_start, first_in_window = [], now, done
+        log.flush(done)
+      # Checkpoint cadence (and the exit a SIGTERM asked for).
       if done % t.checkpoint_every_steps == 0 or last or stop:
-        if window:
-          _check_finite(jax.device_get(window), first_in_window)
+        log.check_finite()
         trainer.save(state, force=stop)
       if stop:
         checkpoint.wait_until_finished(trainer.manager)
         logging.warning('Checkpoint of step %d written; exiting after SIGTERM.', done)
         writer.close()
         raise SystemExit(143)
+      # Evaluation cadence.
       if evaluate and (done % config.eval.every_steps == 0 or last):
         last_metrics = trainer.evaluate(state, done, writer)
   if evaluate and start >= total:
@@ -334,7 +367,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
              **overrides) -> dict:
   """Evaluates the newest (or given) checkpoint of workdir; writes eval/step_N/."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   trainer = Trainer(config, workdir)
   if trainer.manager.latest_step() is None:
     raise FileNotFoundError(f'{checkpoint.checkpoint_dir(workdir)} holds no checkpoint: train '

@@ -54,16 +54,6 @@ def check_microbatches(config: ml_collections.ConfigDict, batch_devices: int) ->
         f'{[d for d in range(1, b + 1) if b % (d * batch_devices) == 0]}.')
 
 
-def cond_bits(cond_masks: jax.Array, b: bits_lib.Scale) -> jax.Array:
-  """Previous frames' masks int [B, P, h, w, 2] -> analog bits [B, h, w, 16 P] (SPEC §1.4).
-
-  Channel order: [class(t-P), id(t-P), ..., class(t-1), id(t-1)], 8 bits each.
-  """
-  bsz, p, h, w, c = cond_masks.shape
-  m = jnp.transpose(cond_masks, (0, 2, 3, 1, 4)).reshape(bsz, h, w, p * c)
-  return bits_lib.map_to_analog_bits(m, b)
-
-
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                lr_schedule: optax.Schedule, settings: StepSettings):
   """One optimizer step.
@@ -105,7 +95,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
       'weights': losses.instance_size_weights(masks[..., 1], s.max_instances, s.mask_weight_p)}
   if 'cond_masks' in batch:
     keep = jax.random.bernoulli(r_frames, 1.0 - s.frames_dropout, batch['cond_masks'].shape[:2])
-    inputs['cond'] = cond_bits(jnp.where(keep[:, :, None, None, None], batch['cond_masks'], 0),
+    inputs['cond'] = bits_lib.cond_bits(jnp.where(keep[:, :, None, None, None], batch['cond_masks'], 0),
                                s.b)
   if s.self_condition:
     inputs['use_self_cond'] = jax.random.bernoulli(r_use, s.self_condition_rate, (bsz,))
@@ -123,7 +113,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
       # SPEC §3.2: a first pass without an estimate gives one (no gradient) for a share of the
       # batch; the rest sees zeros, as at the first sampling step.
       estimate = jax.lax.stop_gradient(
-          losses.x0_from_output(decode(jnp.zeros_like(mb['x_t']), k_first), s.loss, s.b))
+          bits_lib.x0_from_output(decode(jnp.zeros_like(mb['x_t']), k_first), s.loss, s.b))
       self_cond = jnp.where(mb['use_self_cond'][:, None, None, None], estimate, 0.0)
     out = decode(self_cond, k_dec)
     loss, parts = losses.diffusion_loss(out, mb['masks'], mb['x0'], mb['weights'], s.loss, s.b,

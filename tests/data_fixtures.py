@@ -22,8 +22,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
-from pix2seq_d_jax.evaluation import coco_format  # noqa: E402
-from pix2seq_d_jax.evaluation import davis_format  # noqa: E402
+from pix2seq_d_jax.formats import coco_format  # noqa: E402
+from pix2seq_d_jax.formats import davis_format  # noqa: E402
 
 # COCO-style ids on purpose not contiguous; contiguous class = position + 1.
 CATEGORIES = (

@@ -20,7 +20,7 @@ from pix2seq_d_jax import data  # noqa: E402
 from pix2seq_d_jax.data import check  # noqa: E402
 from pix2seq_d_jax.data import folder  # noqa: E402
 from pix2seq_d_jax.data import pipeline  # noqa: E402
-from pix2seq_d_jax.evaluation import coco_format  # noqa: E402
+from pix2seq_d_jax.formats import coco_format  # noqa: E402
 
 ROOT = fx.ROOT
 SIZE = (24, 32)

@@ -20,6 +20,7 @@ import pytest
 from conftest import FAST_COMPILE
 from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import train
+from pix2seq_d_jax import warm_start
 
 
 def _filled(trainer, step):
@@ -175,7 +176,7 @@ def test_unreadable_init_from_is_a_clear_error(tiny_config, written, tmp_path):
   with pytest.raises(ValueError, match=r"config\.train\.init_from='.*w': checkpoint step 6 "
                                        r'in .* cannot be read \(.*\); point init_from at a '
                                        r'readable checkpoint'):
-    checkpoint.init_from(fresh, config, train.abstract_state, trainer.shardings)
+    warm_start.init_from(fresh, config, trainer.shardings)
 
 
 def test_init_from_without_checkpoints_or_with_a_damaged_config(tiny_config, tmp_path):
@@ -183,10 +184,10 @@ def test_init_from_without_checkpoints_or_with_a_damaged_config(tiny_config, tmp
   checkpoint.save_config(source, tiny_config())
   config, trainer, fresh = _init_from_target(tiny_config, source)
   with pytest.raises(FileNotFoundError, match=r'init_from=.*holds no checkpoint'):
-    checkpoint.init_from(fresh, config, train.abstract_state, trainer.shardings)
+    warm_start.init_from(fresh, config, trainer.shardings)
   (source / checkpoint.CONFIG_FILE).write_text('{"model": {')
   with pytest.raises(ValueError, match=r'config\.json cannot be read \(JSONDecodeError'):
-    checkpoint.init_from(fresh, config, train.abstract_state, trainer.shardings)
+    warm_start.init_from(fresh, config, trainer.shardings)
 
 
 # ---------------------------------------------------------------------------------------------

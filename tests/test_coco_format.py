@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pix2seq_d_jax.evaluation import coco_format as cf
+from pix2seq_d_jax.formats import coco_format as cf
 
 CATS = [
     {'id': 1, 'name': 'person', 'isthing': 1},

@@ -1,11 +1,11 @@
-"""Tests for pix2seq_d_jax.evaluation.davis_format (DAVIS id PNG readers and writers)."""
+"""Tests for pix2seq_d_jax.formats.davis_format (DAVIS id PNG readers and writers)."""
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pix2seq_d_jax.evaluation import davis_format
+from pix2seq_d_jax.formats import davis_format
 
 
 def test_palette_is_the_voc_colour_map():

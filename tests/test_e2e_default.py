@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax.evaluation import coco_format
+from pix2seq_d_jax.formats import coco_format
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = 'configs/shapes.py:runlocal'

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pix2seq_d_jax import evaluate
-from pix2seq_d_jax.evaluation import coco_format as cf
 from pix2seq_d_jax.evaluation import panoptic
+from pix2seq_d_jax.formats import coco_format as cf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CATS = [

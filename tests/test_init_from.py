@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from pix2seq_d_jax import checkpoint
-from pix2seq_d_jax import sharding
-from pix2seq_d_jax import train
 from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import sharding
+from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax import warm_start
 
 # (self_condition, num_cond_frames): every decoder input layout with up to two previous frames.
 LAYOUTS = list(itertools.product((False, True), (0, 1, 2)))
@@ -67,10 +68,10 @@ def test_decoder_input_groups_keep_their_weights(models, source_layout, target_l
   logits when the source gets the shared groups and zeros on its own extra groups. So every
   shared group's weights sit on the right channels and every new group's weights are zero."""
   source, target = models[source_layout], models[target_layout]
-  params = checkpoint._merge_params(
+  params = warm_start.merge_params(
       jax.device_get(target[2]['params']), jax.device_get(source[2]['params']), PREFIXES,
-      input_groups=(checkpoint.decoder_input_groups(target[0]),
-                    checkpoint.decoder_input_groups(source[0])))
+      input_groups=(warm_start.decoder_input_groups(target[0]),
+                    warm_start.decoder_input_groups(source[0])))
   loaded = (target[0], target[1], {'params': params, 'batch_stats': source[2]['batch_stats']},
             target[3])
   x = _inputs(np.random.default_rng(0), target[0])
@@ -87,9 +88,9 @@ def test_decoder_input_groups_keep_their_weights(models, source_layout, target_l
   other = dict(x, x_t=x['x_t'] + 1.0, enc=x['enc'] + 1.0)
   assert np.abs(_decode(source, other, src_self, src_frames) - want).max() > 1e-3
   kernel = np.asarray(params['decoder']['conv_in']['kernel'])
-  groups = checkpoint.decoder_input_groups(target[0])
+  groups = warm_start.decoder_input_groups(target[0])
   start = 0
-  source_names = {g for g, _ in checkpoint.decoder_input_groups(source[0])}
+  source_names = {g for g, _ in warm_start.decoder_input_groups(source[0])}
   for name, c in groups:
     block = kernel[:, :, start:start + c]
     assert np.all(block == 0) == (name not in source_names), name
@@ -99,13 +100,13 @@ def test_decoder_input_groups_keep_their_weights(models, source_layout, target_l
 def test_groups_follow_the_decoder_input_order(tiny_config):
   """The documented channel layout, written out: x_t, self-cond, encoder, frames oldest first."""
   config = tiny_config(*_overrides(True, 2))
-  assert checkpoint.decoder_input_groups(config) == [
+  assert warm_start.decoder_input_groups(config) == [
       ('x_t', 16), ('self_cond', 16), ('encoder', 16), ('frame_t-2', 16), ('frame_t-1', 16)]
-  assert checkpoint.decoder_input_groups(tiny_config()) == [('x_t', 16), ('encoder', 16)]
+  assert warm_start.decoder_input_groups(tiny_config()) == [('x_t', 16), ('encoder', 16)]
 
 
 def _save_workdir(config, variables, workdir):
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   state = zeros.replace(params=variables['params'], batch_stats=variables['batch_stats'],
                         ema_params=variables['params'],
@@ -126,10 +127,9 @@ def test_init_from_a_workdir_without_self_conditioning(models, tiny_config, tmp_
   _save_workdir(src_config, src_vars, tmp_path / 'src')
   config = tiny_config(*_overrides(True, 2), f'train.init_from={tmp_path / "src"}')
   mesh = sharding.make_mesh(config.mesh)
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   fresh = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), abstract)
-  state = checkpoint.init_from(fresh, config, train.abstract_state,
-                               sharding.state_shardings(abstract, mesh))
+  state = warm_start.init_from(fresh, config, sharding.state_shardings(abstract, mesh))
   src = np.asarray(src_vars['params']['decoder']['conv_in']['kernel'])
   for params in (state.params, state.ema_params):
     got = np.asarray(params['decoder']['conv_in']['kernel'])
@@ -148,5 +148,5 @@ def test_a_different_encoder_width_is_an_error_naming_the_key(models, tiny_confi
   source = {'decoder': {'conv_in': {'kernel': np.asarray(
       src_vars['params']['decoder']['conv_in']['kernel'])}}}
   with pytest.raises(ValueError, match=r"'encoder' input group .* set model.fpn_dim=16"):
-    checkpoint._merge_params(target, source, ('decoder',), input_groups=(
-        checkpoint.decoder_input_groups(config), checkpoint.decoder_input_groups(src_config)))
+    warm_start.merge_params(target, source, ('decoder',), input_groups=(
+        warm_start.decoder_input_groups(config), warm_start.decoder_input_groups(src_config)))

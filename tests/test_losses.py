@@ -133,16 +133,16 @@ def test_ablation_losses_and_x0_estimates():
   sig, _ = losses.diffusion_loss(*args, 'sigmoid_xent', b)
   ref = np.mean(-np.log(1 / (1 + np.exp(-f.astype(np.float64) * x0 / b)) + 1e-8) * w[..., None])
   assert float(sig) == pytest.approx(ref, rel=1e-5)
-  np.testing.assert_allclose(np.asarray(losses.x0_from_output(jnp.asarray(f), 'l2', b)),
+  np.testing.assert_allclose(np.asarray(bits.x0_from_output(jnp.asarray(f), 'l2', b)),
                              np.clip(f, -b, b))
-  np.testing.assert_allclose(np.asarray(losses.x0_from_output(jnp.asarray(f), 'sigmoid_xent', b)),
+  np.testing.assert_allclose(np.asarray(bits.x0_from_output(jnp.asarray(f), 'sigmoid_xent', b)),
                              (2 / (1 + np.exp(-f.astype(np.float64))) - 1) * b, rtol=1e-5,
                              atol=1e-7)
   logits = np.full((2, 3, 3, 2, 256), -1e4, np.float32)
   np.put_along_axis(logits, masks[..., None], 1e4, axis=-1)
   np.testing.assert_array_equal(
-      np.asarray(losses.x0_from_output(jnp.asarray(logits), 'softmax_xent', b)), x0)
+      np.asarray(bits.x0_from_output(jnp.asarray(logits), 'softmax_xent', b)), x0)
   with pytest.raises(ValueError, match='softmax_xent'):
     losses.diffusion_loss(*args, 'hinge', b)
   with pytest.raises(ValueError, match='softmax_xent'):
-    losses.x0_from_output(jnp.asarray(f), 'hinge', b)
+    bits.x0_from_output(jnp.asarray(f), 'hinge', b)

@@ -11,12 +11,11 @@ import optax
 import pytest
 
 from pix2seq_d_jax import losses
-from pix2seq_d_jax import state as state_lib
-from pix2seq_d_jax import train
-from pix2seq_d_jax import train_step as train_lib
 from pix2seq_d_jax.models import layers
 from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax.models import transunet
+from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax import train_step as train_lib
 
 NO_DROPOUT = ('model.encoder.dropout=0.0', 'model.encoder.drop_path=0.0',
               'model.decoder.dropout=0.0')
@@ -173,7 +172,7 @@ def test_remat_keeps_parameters_loss_and_gradients(tiny_config, random_variables
   base = tiny_config(*NO_DROPOUT, 'diffusion.self_condition=True')
   remat = tiny_config(*NO_DROPOUT, 'diffusion.self_condition=True', 'model.remat=blocks',
                       f'model.remat_policy={policy}')
-  shapes = lambda c: jax.tree.map(lambda x: (x.shape, x.dtype), train.abstract_state(c))
+  shapes = lambda c: jax.tree.map(lambda x: (x.shape, x.dtype), state_lib.abstract_state(c))
   assert jax.tree_util.tree_flatten_with_path(shapes(base)) == \
       jax.tree_util.tree_flatten_with_path(shapes(remat))
   init = lambda c: jax.jit(lambda: pix2seq_d.build_model(c).init(
@@ -268,7 +267,7 @@ def _f32_matmuls(config):
   the number of all such ops)."""
   model = pix2seq_d.build_model(config)
   tx, schedule = state_lib.make_optimizer(config, 1000, 0)
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   batch = {'image': jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32),
            'masks': jax.ShapeDtypeStruct((2, 16, 16, 2), jnp.int32)}
   step = functools.partial(train_lib.train_step, model=model, tx=tx, lr_schedule=schedule,

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pix2seq_d_jax import predict
-from pix2seq_d_jax import state as state_lib
-from pix2seq_d_jax import train_step as train_lib
 from pix2seq_d_jax.data import synthetic
 from pix2seq_d_jax.evaluation import panoptic
 from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import sampling
+from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax import train_step as train_lib
 
 STEPS = 600
 NUM_IMAGES = 4
@@ -52,13 +52,13 @@ def test_tiny_model_overfits_one_batch_and_samples_it_back(tiny_config):
   assert last <= 0.5 * first, (first, last)
 
   sample = jax.jit(functools.partial(
-      predict.sample, model=model, settings=predict.SampleSettings.from_config(config), steps=10,
+      sampling.sample, model=model, settings=sampling.SampleSettings.from_config(config), steps=10,
       decode='bits'))
   masks = np.asarray(sample(state.variables(True), batch['image'], jnp.arange(NUM_IMAGES),
                             jax.random.PRNGKey(0), 1.0))
   # Post-processing (majority vote per id) back to a 16 x 16 "original": the masks' own grid.
   size = jnp.asarray([[16, 16]] * NUM_IMAGES)
-  classes, ids = predict.postprocess(
+  classes, ids = sampling.postprocess(
       jnp.asarray(masks), size, jnp.asarray([[32, 32]] * NUM_IMAGES), image_size=(32, 32),
       out_size=(16, 16), num_classes=config.dataset.num_classes,
       max_instances=config.dataset.max_instances, min_pixels=0)

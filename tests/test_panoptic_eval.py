@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from pix2seq_d_jax.evaluation import coco_format as cf
 from pix2seq_d_jax.evaluation import panoptic
+from pix2seq_d_jax.formats import coco_format as cf
 
 CATS = [
     {'id': 1, 'name': 'person', 'isthing': 1},

@@ -17,9 +17,9 @@ from PIL import Image
 import data_fixtures as fx
 from conftest import REPO
 from pix2seq_d_jax import checkpoint
-from pix2seq_d_jax import predict_files
-from pix2seq_d_jax import train
 from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import predict_files
+from pix2seq_d_jax import state as state_lib
 
 CATEGORIES = [{'id': k, 'name': f'c{k}', 'isthing': int(k <= 4)} for k in range(1, 9)]
 
@@ -30,7 +30,7 @@ def workdir(tiny_config, random_variables, tmp_path_factory):
   config = tiny_config('eval.steps=2')
   model = pix2seq_d.build_model(config)
   variables = random_variables(model, config, seed=1)
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   state = zeros.replace(params=variables['params'], batch_stats=variables['batch_stats'],
                         ema_params=variables['params'],
@@ -101,7 +101,7 @@ def test_truncated_png_is_unusable(tmp_path):
 
 def test_predict_writes_every_usable_file_and_lists_the_skipped(workdir, tmp_path, caplog):
   usable, unusable = write_inputs(tmp_path / 'in')
-  result = predict_files.run(None, str(workdir), str(tmp_path / 'in' / '*'))
+  result = predict_files.run(str(workdir), str(tmp_path / 'in' / '*'))
   assert result['num_images'] == len(usable)
   skipped = {pathlib.Path(p).name: reason for p, reason in result['skipped'].items()}
   assert sorted(skipped) == sorted(unusable)

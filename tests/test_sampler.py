@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pix2seq_d_jax import predict
 from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import predict
+from pix2seq_d_jax import sampling
 
-_postprocess = jax.jit(predict.postprocess, static_argnames=(
+_postprocess = jax.jit(sampling.postprocess, static_argnames=(
     'image_size', 'out_size', 'num_classes', 'max_instances', 'min_pixels'))
 
 
@@ -138,7 +139,7 @@ def tiny(tiny_config, random_variables):
   bias = np.asarray(head['bias']).reshape(2, 256).copy()
   bias[0, 9:] = bias[1, 16:] = -8.0
   head['bias'] = jnp.asarray(bias.reshape(-1))
-  settings = predict.SampleSettings.from_config(config)
+  settings = sampling.SampleSettings.from_config(config)
   return config, model, variables, settings
 
 
@@ -150,7 +151,7 @@ def sampler(tiny, jit):
 
   def fn(variables, images, example_ids, rng, td):
     traces.append(images.shape)
-    return predict.sample(variables, images, example_ids, rng, td, model=model,
+    return sampling.sample(variables, images, example_ids, rng, td, model=model,
                           settings=settings, steps=2)
   run = jit(fn)
   images = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype(np.float32)
@@ -192,10 +193,10 @@ def test_sample_rejects_bad_decode(tiny):
   args = (variables, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,), jnp.int32),
           jax.random.PRNGKey(0), 1.0)
   with pytest.raises(ValueError, match='argmax'):
-    predict.sample(*args, model=model, settings=settings, steps=1, decode='greedy')
+    sampling.sample(*args, model=model, settings=settings, steps=1, decode='greedy')
   l2 = dataclasses.replace(settings, loss='l2')
   with pytest.raises(ValueError, match='softmax'):
-    predict.sample(*args, model=model, settings=l2, steps=1, decode='argmax')
+    sampling.sample(*args, model=model, settings=l2, steps=1, decode='argmax')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def lowerings(tiny):
   images, x_t, gamma = jnp.zeros((2, 32, 32, 3)), jnp.zeros((2, 16, 16, 16)), jnp.ones((2,))
 
   def lower(steps):
-    fn = functools.partial(predict.sample, model=model, settings=settings, steps=steps)
+    fn = functools.partial(sampling.sample, model=model, settings=settings, steps=steps)
     return jax.jit(fn).lower(variables, images, jnp.arange(2), jax.random.PRNGKey(0),
                              jnp.float32(1.0))
   forward = jax.jit(lambda v, i, x, g: model.apply(v, i, x, g, train=False))

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 import multiprocess_workers as hm
 from pix2seq_d_jax import sharding
-from pix2seq_d_jax import train
+from pix2seq_d_jax import state as state_lib
 
 STEPS = 3
 MESHES = {'4x2': (('data', 4), ('fsdp', 2)), '8x1': (('data', 8), ('fsdp', 1)),
@@ -78,7 +78,7 @@ def test_state_shardings_of_the_train_state_on_an_abstract_mesh(tiny_config):
   """The whole TrainState on an abstract (2, 4) mesh: exactly the leaves of >= 2^16 elements
   are sharded (params, EMA and both Adam moments of each), and check_sharded passes."""
   config = tiny_config('model.encoder.mlp_dim=2048')
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   mesh = AbstractMesh((2, 4), sharding.BATCH_AXES)
   shardings = sharding.state_shardings(abstract, mesh)
   sharding.check_sharded(shardings, abstract, mesh)

@@ -19,12 +19,13 @@ import pytest
 
 from pix2seq_d_jax import bits as bits_lib
 from pix2seq_d_jax import config_lib
+from pix2seq_d_jax.convert import tf_pix2seq
 from pix2seq_d_jax import diffusion
 from pix2seq_d_jax import losses
-from pix2seq_d_jax import predict
-from pix2seq_d_jax import train_step as train_step_lib
-from pix2seq_d_jax.convert import tf_pix2seq
 from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import predict
+from pix2seq_d_jax import sampling
+from pix2seq_d_jax import warm_start
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / 'tests' / 'data' / 'tf_parity'
@@ -71,7 +72,7 @@ def _model(config):
 def _cond(rec):
   if 'cond_maps' not in rec:
     return None
-  return train_step_lib.cond_bits(jnp.asarray(rec['cond_maps']), 0.1)
+  return bits_lib.cond_bits(jnp.asarray(rec['cond_maps']), 0.1)
 
 
 @pytest.mark.parametrize('name', ['image', 'video'])
@@ -95,7 +96,7 @@ def test_decoder_logits(name):
   logits = model.apply(v, rec['x_t'], rec['gamma'], enc_cat, tokens, train=False, cond=cond,
                        method='decode')
   check(f'{name} decoder logits', logits, rec['logits'])
-  check(f'{name} x0 estimate', losses.x0_from_output(logits, 'softmax_xent', 0.1),
+  check(f'{name} x0 estimate', bits_lib.x0_from_output(logits, 'softmax_xent', 0.1),
         rec['x0_pred'])
 
 
@@ -116,7 +117,7 @@ def test_ddim_step(name):
   bsz = rec['images'].shape[0]
   out = model.apply(v, rec['ddim_x_t'], jnp.full((bsz,), g_now), enc_cat, tokens, train=False,
                     cond=cond, method='decode')
-  x0 = losses.x0_from_output(out, 'softmax_xent', config.diffusion.b)
+  x0 = bits_lib.x0_from_output(out, 'softmax_xent', config.diffusion.b)
   x_next = diffusion.ddim_step(rec['ddim_x_t'], x0, g_now, g_next, config.diffusion.b)
   check(f'{name} one DDIM step', x_next, rec['ddim_x_next'])
 
@@ -130,8 +131,8 @@ def test_inference(name, monkeypatch):
   noise = jnp.asarray(rec['infer_noise'])
   monkeypatch.setattr(predict, 'initial_noise', lambda rng, ids, shape: noise)
   bsz = noise.shape[0]
-  masks = predict.sample(v, rec['images'], jnp.arange(bsz), jax.random.PRNGKey(0), meta['td'],
-                         model=model, settings=predict.SampleSettings.from_config(config),
+  masks = sampling.sample(v, rec['images'], jnp.arange(bsz), jax.random.PRNGKey(0), meta['td'],
+                         model=model, settings=sampling.SampleSettings.from_config(config),
                          steps=meta['steps'], cond=cond)
   ours = np.asarray(masks)
   theirs = rec['infer_masks']
@@ -142,7 +143,7 @@ def test_inference(name, monkeypatch):
 
   def denoise(x_t, gamma, carry):
     out = model.apply(v, x_t, gamma, enc_cat, tokens, train=False, cond=cond, method='decode')
-    return losses.x0_from_output(out, 'softmax_xent', 0.1), jnp.zeros(()), carry
+    return bits_lib.x0_from_output(out, 'softmax_xent', 0.1), jnp.zeros(()), carry
 
   x0, _ = diffusion.ddim_sample(denoise, noise, steps=meta['steps'], td=meta['td'],
                                 schedule=diffusion.get_schedule(config.diffusion.infer_schedule),
@@ -235,10 +236,8 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_converted_workdir_predicts_and_initialises(tmp_path):
   """The CLI's workdir is read by Predictor.from_workdir (same weights as `load`), and both it
   and the authors' checkpoint itself are accepted by config.train.init_from."""
-  from pix2seq_d_jax import checkpoint
   from pix2seq_d_jax import sharding
   from pix2seq_d_jax import state as state_lib
-  from pix2seq_d_jax import train
   from pix2seq_d_jax.convert import __main__ as convert_main
   folder, meta, _, config = fixture('image')
   workdir = tmp_path / 'converted'
@@ -255,7 +254,7 @@ def test_converted_workdir_predicts_and_initialises(tmp_path):
   for source, module in ((str(workdir), 'decoder'), (str(folder), 'decoder'),
                          (str(DATA / 'det'), 'encoder')):
     cfg = fixture('det')[3] if module == 'encoder' else config
-    abstract = train.abstract_state(cfg)
+    abstract = state_lib.abstract_state(cfg)
     shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
     model = pix2seq_d.build_model(cfg)
     tx, _ = state_lib.make_optimizer(cfg, 1, 0)
@@ -263,7 +262,7 @@ def test_converted_workdir_predicts_and_initialises(tmp_path):
     with cfg.unlocked():
       cfg.train.init_from = source
     try:
-      got = checkpoint.init_from(fresh, cfg, train.abstract_state, shardings)
+      got = warm_start.init_from(fresh, cfg, shardings)
     finally:
       with cfg.unlocked():
         cfg.train.init_from = ''

@@ -6,11 +6,12 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES
 from pix2seq_d_jax import config_lib
+from pix2seq_d_jax import eval_panoptic
+from pix2seq_d_jax import eval_vos
 from pix2seq_d_jax import predict
+from pix2seq_d_jax import predict_video
+from pix2seq_d_jax import sampling
 from pix2seq_d_jax import train
-from pix2seq_d_jax import video
-from pix2seq_d_jax.evaluation import run
-from pix2seq_d_jax.evaluation import run_video
 
 BAD_STEPS = (0, -3, 2.0, True, None)
 BAD_TD = (-0.5, -1.0, -2.0, float('nan'), float('inf'), 'one')
@@ -24,26 +25,26 @@ def _video_config(*overrides):
 @pytest.mark.parametrize('steps', BAD_STEPS)
 def test_bad_steps_name_the_key(steps):
   with pytest.raises(ValueError, match=r'my\.steps=.*integer >= 1.*set my\.steps'):
-    predict.check_sampler_args(steps, 1.0, steps_key='my.steps')
+    sampling.check_sampler_args(steps, 1.0, steps_key='my.steps')
 
 
 @pytest.mark.parametrize('td', BAD_TD)
 def test_bad_td_names_the_key(td):
   with pytest.raises(ValueError, match=r'my\.td=.*finite number >= 0.*set my\.td'):
-    predict.check_sampler_args(4, td, td_key='my.td')
+    sampling.check_sampler_args(4, td, td_key='my.td')
 
 
 @pytest.mark.parametrize('steps,td', [(1, 0.0), (1, 1.0), (20, 1.0), (3, 7.5), (np.int64(5), 0)])
 def test_valid_settings_pass(steps, td):
-  predict.check_sampler_args(steps, td)
+  sampling.check_sampler_args(steps, td)
 
 
 def test_sample_refuses_zero_steps_and_negative_td():
-  """`predict.sample` checks before it builds anything (no model is needed to get the error)."""
+  """`sampling.sample` checks before it builds anything (no model is needed to get the error)."""
   with pytest.raises(ValueError, match='steps=0'):
-    predict.sample(None, None, None, None, 1.0, model=None, settings=None, steps=0)
+    sampling.sample(None, None, None, None, 1.0, model=None, settings=None, steps=0)
   with pytest.raises(ValueError, match=r'td=-1\.5'):
-    predict.sample(None, None, None, None, -1.5, model=None, settings=None, steps=2)
+    sampling.sample(None, None, None, None, -1.5, model=None, settings=None, steps=2)
 
 
 def test_predictor_names_the_argument_or_the_config_key(tiny_config):
@@ -59,7 +60,7 @@ def test_predictor_names_the_argument_or_the_config_key(tiny_config):
 
 
 def test_video_predictor_checks_steps_steps_later_and_td():
-  p = video.VideoPredictor(_video_config(), variables=None)
+  p = predict_video.VideoPredictor(_video_config(), variables=None)
   clip = np.zeros((1, 2, 32, 32, 3), np.uint8)
   with pytest.raises(ValueError, match=r'VideoPredictor: steps=0'):
     p(clip, steps=0)
@@ -67,25 +68,25 @@ def test_video_predictor_checks_steps_steps_later_and_td():
     p.start(1, steps_later=0)
   with pytest.raises(ValueError, match=r'VideoPredictor: td=-1\.0'):
     p.start(1, td=-1.0)
-  p = video.VideoPredictor(_video_config('eval.steps_later=0'), variables=None)
+  p = predict_video.VideoPredictor(_video_config('eval.steps_later=0'), variables=None)
   with pytest.raises(ValueError, match=r'VideoPredictor: config\.eval\.steps_later=0'):
     p(clip)
   with pytest.raises(ValueError, match='steps_later=0'):
-    video.sample_frame(None, None, None, 0, None, None, 1.0, model=None,
-                       settings=predict.SampleSettings.from_config(_video_config()),
+    predict_video.sample_frame(None, None, None, 0, None, None, 1.0, model=None,
+                       settings=sampling.SampleSettings.from_config(_video_config()),
                        steps_first=2, steps_later=0)
 
 
 def test_evaluation_checks_its_overrides_and_config():
   """The evaluators check before they read any data (source, model and mesh are not needed)."""
   with pytest.raises(ValueError, match=r'^td=-1'):
-    run.evaluate_panoptic(_video_config(), None, None, None, None, '/nonexistent', step=0,
+    eval_panoptic.evaluate_panoptic(_video_config(), None, None, None, None, '/nonexistent', step=0,
                           td=-1.0)
   with pytest.raises(ValueError, match=r'config\.eval\.steps=0'):
-    run.evaluate_panoptic(_video_config('eval.steps=0'), None, None, None, None, '/nonexistent',
+    eval_panoptic.evaluate_panoptic(_video_config('eval.steps=0'), None, None, None, None, '/nonexistent',
                           step=0)
   with pytest.raises(ValueError, match=r'config\.eval\.steps_later=0'):
-    run_video.evaluate_video(_video_config('eval.steps_later=0'), None, None, None, None,
+    eval_vos.evaluate_video(_video_config('eval.steps_later=0'), None, None, None, None,
                              '/nonexistent', step=0)
 
 
@@ -120,8 +121,8 @@ def test_image_data_with_previous_frames_is_an_error(tiny_config, tmp_path):
 
 
 def test_consistent_video_and_image_configs_pass(tiny_config):
-  video.check_frames(_video_config(), True)
-  video.check_frames(_video_config('dataset.num_frames=2', 'model.num_cond_frames=1'), True)
-  video.check_frames(tiny_config(), False)
-  predict.check_eval_config(_video_config())
-  predict.check_eval_config(tiny_config())
+  train.check_frames(_video_config(), True)
+  train.check_frames(_video_config('dataset.num_frames=2', 'model.num_cond_frames=1'), True)
+  train.check_frames(tiny_config(), False)
+  sampling.EvalOptions.from_config(_video_config())
+  sampling.EvalOptions.from_config(tiny_config())

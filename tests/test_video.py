@@ -1,5 +1,5 @@
-"""Tests for video inference and evaluation: pix2seq_d_jax.video (streaming sampler,
-VideoPredictor) and pix2seq_d_jax.evaluation.run_video (DAVIS export and J&F)."""
+"""Tests for video inference and evaluation: pix2seq_d_jax.predict_video (streaming sampler,
+VideoPredictor) and pix2seq_d_jax.eval_vos (DAVIS export and J&F)."""
 
 import functools
 import json
@@ -12,17 +12,19 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_OVERRIDES
+from pix2seq_d_jax import bits as bits_lib
 from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax import predict
-from pix2seq_d_jax import sharding
-from pix2seq_d_jax import train
-from pix2seq_d_jax import video
 from pix2seq_d_jax.data import sources
-from pix2seq_d_jax.evaluation import davis_format
-from pix2seq_d_jax.evaluation import run_video
+from pix2seq_d_jax import eval_vos
 from pix2seq_d_jax.evaluation import vos
+from pix2seq_d_jax.formats import davis_format
 from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import predict_video
+from pix2seq_d_jax import sampling
+from pix2seq_d_jax import sharding
+from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax import warm_start
 
 
 def _video_config(*overrides):
@@ -53,7 +55,7 @@ def test_ground_truth_objects_are_things_by_first_appearance():
   label[:, 1, 1] = (1, 3, 0)                   # thing id 3 appears at row 1: first
   label[1, 0, 2] = (4, 1, 0)                   # thing id 1 enters in frame 1
   label[1, 2, 0] = (3, 4, 1)                   # crowd
-  out = run_video.davis_ground_truth(label, stuff)
+  out = eval_vos.davis_ground_truth(label, stuff)
   expected = np.zeros((2, 3, 4), np.uint8)
   expected[:, 1, 1] = 1
   expected[:, 2, 3] = 2
@@ -69,7 +71,7 @@ def test_predictions_map_stuff_to_background_and_keep_20_largest():
   row = np.concatenate([np.repeat(np.arange(1, 26), np.arange(1, 26)), np.full(40, 26)])
   ids = np.tile(row, (2, 3, 1))                # id k has k pixels per row; id 26 the most
   cls = np.where(ids == 26, 5, 1)              # id 26 is stuff
-  out = run_video.davis_predictions(cls, ids, stuff)
+  out = eval_vos.davis_predictions(cls, ids, stuff)
   assert out.max() == 20 and out.dtype == np.uint8
   assert np.all(out[ids == 26] == 0)
   assert np.all(out[ids <= 5] == 0)            # ids 1..5, the smallest, are dropped
@@ -105,7 +107,8 @@ def test_ground_truth_against_itself_scores_100(eval_setup, tmp_path):
   the standalone folder evaluation; the metrics file holds the video keys."""
   config, source, mesh = eval_setup
   out = tmp_path / 'eval'
-  metrics = run_video.evaluate_video(config, None, source, None, mesh, out, step=7, fn=_gt_fn)
+  metrics, panels = eval_vos.evaluate_video(config, None, source, None, mesh, out, step=7,
+                                            fn=_gt_fn)
   for key in ('J&F', 'J_mean', 'F_mean', 'J_recall', 'F_recall'):
     assert metrics[key] == pytest.approx(100.0), key
   assert metrics['J_decay'] == pytest.approx(0.0) and metrics['F_decay'] == pytest.approx(0.0)
@@ -121,14 +124,14 @@ def test_ground_truth_against_itself_scores_100(eval_setup, tmp_path):
   assert again['J&F'] == pytest.approx(100.0)
   saved = json.loads((out / 'metrics.json').read_text())
   assert set(vos.RESULT_KEYS) <= set(saved) and saved['step'] == 7
-  assert len(metrics['_panels']) == 1 and (out / 'vis' / f'{names[0]}.gif').exists()
+  assert len(panels) == 1 and (out / 'vis' / f'{names[0]}.gif').exists()
 
 
 def test_swapped_and_extra_ids_lower_the_score_without_crashing(eval_setup, tmp_path):
   """The path discriminates: swapping two objects' ids from frame 3 on lowers J&F below 100,
   and 40 extra small object ids (over the protocol's 20) are cut to 20 instead of failing."""
   config, source, mesh = eval_setup
-  stuff = run_video.stuff_classes(source.categories)
+  stuff = eval_vos.stuff_classes(source.categories)
 
   def swapped(*args, **kwargs):
     cls, ids = _gt_fn(*args, **kwargs)
@@ -141,8 +144,8 @@ def test_swapped_and_extra_ids_lower_the_score_without_crashing(eval_setup, tmp_
         ids[b, 3:] = np.where(later == a, c, np.where(later == c, a, later))
     return cls, ids
 
-  metrics = run_video.evaluate_video(config, None, source, None, mesh, tmp_path / 'a', step=0,
-                                     fn=swapped)
+  metrics, _ = eval_vos.evaluate_video(config, None, source, None, mesh, tmp_path / 'a', step=0,
+                                        fn=swapped)
   assert metrics['J&F'] < 99.0
 
   def crowded(*args, **kwargs):
@@ -153,8 +156,8 @@ def test_swapped_and_extra_ids_lower_the_score_without_crashing(eval_setup, tmp_
       ids[:, :, 0, k] = 100 + k
     return cls, ids
 
-  metrics = run_video.evaluate_video(config, None, source, None, mesh, tmp_path / 'b', step=0,
-                                     fn=crowded)
+  metrics, _ = eval_vos.evaluate_video(config, None, source, None, mesh, tmp_path / 'b', step=0,
+                                        fn=crowded)
   assert 90.0 < metrics['J&F'] <= 100.0
   pred = davis_format.read_davis_sequence(tmp_path / 'b' / 'predictions' /
                                           _sequence_names(tmp_path / 'b')[0])[1]
@@ -196,8 +199,8 @@ def test_gt_condition_grid_matches_training_masks(eval_setup):
   crowd = np.zeros((1, 2, 24, 40, 1), np.int32)
   crowd[0, 1, :6, :10] = 1
   orig = np.array([[24, 40]], np.int32)
-  unpad = np.array(predict.fit_size((24, 40), (32, 32)), np.int32)[None]
-  out = np.asarray(video.label_to_mask_grid(
+  unpad = np.array(sampling.fit_size((24, 40), (32, 32)), np.int32)[None]
+  out = np.asarray(predict_video.label_to_mask_grid(
       jnp.asarray(np.concatenate([label, crowd], -1)), jnp.asarray(orig), jnp.asarray(unpad),
       image_size=(32, 32), mask_size=(16, 16), max_instances=4))
   ref = transforms.train_transform(
@@ -243,7 +246,7 @@ class _CopyModel:
 
 
 def _copy_settings():
-  return predict.SampleSettings(b=0.1, schedule='cosine', loss='softmax_xent', num_classes=9,
+  return sampling.SampleSettings(b=0.1, schedule='cosine', loss='softmax_xent', num_classes=9,
                                 max_instances=16, self_condition=False)
 
 
@@ -253,7 +256,7 @@ def test_condition_carries_the_previous_prediction():
   frame t copies the ground truth of frame t - 1. Frame 0 runs steps_first (2: gamma(1/2) ->
   class 4) and later frames steps_later (3: gamma(1/3) -> class 6)."""
   frames = np.random.default_rng(0).uniform(size=(2, 5, 16, 16, 3)).astype(np.float32)
-  run = functools.partial(video.sample_video, None, jnp.asarray(frames), jnp.arange(2),
+  run = functools.partial(predict_video.sample_video, None, jnp.asarray(frames), jnp.arange(2),
                           jax.random.PRNGKey(0), 1.0, model=_CopyModel(),
                           settings=_copy_settings(), steps_first=2, steps_later=3)
   masks = np.asarray(run())
@@ -290,11 +293,11 @@ def test_program_holds_the_encoder_once(tiny_video):
   """The clip program is a loop over frames holding one encoder and the decoder once per
   distinct step count: steps_first == steps_later -> one decoder, otherwise two (a cond)."""
   config, model, variables = tiny_video
-  settings = predict.SampleSettings.from_config(config)
+  settings = sampling.SampleSettings.from_config(config)
   args = (variables, jnp.zeros((1, 3, 32, 32, 3)), jnp.arange(1), jax.random.PRNGKey(0),
           jnp.float32(1.0))
   count = lambda first, later: _inlined_count(jax.jit(functools.partial(
-      video.sample_video, model=model, settings=settings, steps_first=first,
+      predict_video.sample_video, model=model, settings=settings, steps_first=first,
       steps_later=later)).lower(*args).as_text(), 'stablehlo.convolution')
   _, x_t, gamma, cond = pix2seq_d.init_inputs(config)
   enc = jax.eval_shape(lambda: model.apply(variables, args[1][:, 0], train=False,
@@ -316,13 +319,13 @@ def test_streaming_equals_frame_by_frame_without_retracing(tiny_video, monkeypat
   per-frame step traces once for the whole stream (and for a restarted stream)."""
   config, _, variables = tiny_video
   traces = []
-  real = video.sample_frame
+  real = predict_video.sample_frame
 
   def counting(*args, **kwargs):
     traces.append(kwargs['steps_later'])
     return real(*args, **kwargs)
-  monkeypatch.setattr(video, 'sample_frame', counting)
-  predictor = video.VideoPredictor(config, variables)
+  monkeypatch.setattr(predict_video, 'sample_frame', counting)
+  predictor = predict_video.VideoPredictor(config, variables)
   clips = np.random.default_rng(2).integers(0, 256, (2, 4, 24, 28, 3)).astype(np.uint8)
   whole = predictor(clips, steps=2, steps_later=1, seed=5, example_ids=[4, 9])
   assert whole['id'].shape == (2, 4, 24, 28) and whole['id'].dtype == np.int32
@@ -346,7 +349,7 @@ def test_streaming_equals_frame_by_frame_without_retracing(tiny_video, monkeypat
 
 
 def _filled_state(config, variables):
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   return zeros.replace(params=variables['params'], batch_stats=variables['batch_stats'],
                        ema_params=variables['params'], ema_batch_stats=variables['batch_stats'])
@@ -370,10 +373,10 @@ def test_video_model_from_image_checkpoint_starts_as_the_image_model(tiny_config
   config = _video_config(f'train.init_from={workdir}')
   model = pix2seq_d.build_model(config)
   mesh = sharding.make_mesh(config.mesh)
-  abstract = train.abstract_state(config)
+  abstract = state_lib.abstract_state(config)
   shardings = sharding.state_shardings(abstract, mesh)
   fresh = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), abstract)
-  state = checkpoint.init_from(fresh, config, train.abstract_state, shardings)
+  state = warm_start.init_from(fresh, config, shardings)
   variables = state.variables(True)
   kernel = np.asarray(variables['params']['decoder']['conv_in']['kernel'])
   image_kernel = np.asarray(image_vars['params']['decoder']['conv_in']['kernel'])
@@ -385,7 +388,6 @@ def test_video_model_from_image_checkpoint_starts_as_the_image_model(tiny_config
   frames = rng.uniform(size=(2, 3, 32, 32, 3)).astype(np.float32)
   x_t = jnp.asarray(rng.normal(size=(2, 16, 16, 16)), jnp.float32)
   gamma = jnp.array([0.3, 0.8], jnp.float32)
-  from pix2seq_d_jax import train_step  # pylint: disable=g-import-not-at-top
   key, ids = jax.random.PRNGKey(6), jnp.array([11, 12], jnp.int32)
   # Both programs unoptimised: compiles several times faster, same arithmetic on both sides.
   jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
@@ -394,17 +396,17 @@ def test_video_model_from_image_checkpoint_starts_as_the_image_model(tiny_config
   def image_run(v, frame):
     enc = image_model.apply(v, frame, train=False, method='encode')
     logits = image_model.apply(v, x_t, gamma, *enc, train=False, method='decode')
-    masks = predict.sample(v, frame, ids, jax.random.fold_in(key, 0), 1.0, model=image_model,
-                           settings=predict.SampleSettings.from_config(image_config), steps=3)
+    masks = sampling.sample(v, frame, ids, jax.random.fold_in(key, 0), 1.0, model=image_model,
+                           settings=sampling.SampleSettings.from_config(image_config), steps=3)
     return logits, masks
 
   @jit
   def video_run(v, clip):
     enc = model.apply(v, clip[:, 0], train=False, method='encode')
-    empty = train_step.cond_bits(video.empty_history(2, 2, (16, 16)), config.diffusion.b)
+    empty = bits_lib.cond_bits(predict_video.empty_history(2, 2, (16, 16)), config.diffusion.b)
     logits = model.apply(v, x_t, gamma, *enc, train=False, method='decode', cond=empty)
-    masks = video.sample_video(v, clip, ids, key, 1.0, model=model,
-                               settings=predict.SampleSettings.from_config(config),
+    masks = predict_video.sample_video(v, clip, ids, key, 1.0, model=model,
+                               settings=sampling.SampleSettings.from_config(config),
                                steps_first=3, steps_later=2)
     return logits, masks
 

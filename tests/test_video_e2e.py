@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax.evaluation import davis_format
 from pix2seq_d_jax.evaluation import vos
+from pix2seq_d_jax.formats import davis_format
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = 'configs/moving_shapes.py:runlocal'

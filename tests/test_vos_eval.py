@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pix2seq_d_jax.evaluation import davis_format
 from pix2seq_d_jax.evaluation import vos
+from pix2seq_d_jax.formats import davis_format
 
 
 def _square(shape, top, left, size):

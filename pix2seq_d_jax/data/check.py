@@ -37,7 +37,7 @@ from PIL import Image
 from pix2seq_d_jax import config_lib
 from pix2seq_d_jax.data import davis
 from pix2seq_d_jax.data import folder
-from pix2seq_d_jax.evaluation import coco_format
+from pix2seq_d_jax.formats import coco_format
 
 _FORMATS = {'JPEG', 'PNG', 'GIF', 'BMP'}        # what tf.io.decode_image reads
 _CONVERTED_MODES = {'L': 'grayscale (replicated to RGB)', 'LA': 'grayscale+alpha (alpha dropped)',

@@ -44,7 +44,7 @@ from PIL import Image
 
 from pix2seq_d_jax.data import folder
 from pix2seq_d_jax.data import sources
-from pix2seq_d_jax.evaluation import davis_format
+from pix2seq_d_jax.formats import davis_format
 
 OBJECT_CATEGORY = {'id': 1, 'name': 'object', 'isthing': 1}
 VOID = 255
@@ -238,7 +238,7 @@ def build_video_index(root: str | os.PathLike, split: str, num_frames: int,
       if mode not in _ID_MODES:
         problems.error('annotation_mode', f'{path} is a {mode!r} PNG; DAVIS annotations are '
                        'palette or grayscale PNGs whose values are object ids: save the ids '
-                       'with pix2seq_d_jax.evaluation.davis_format.write_palette_png')
+                       'with pix2seq_d_jax.formats.davis_format.write_palette_png')
         ok = False
         continue
       key = (mode, palette)

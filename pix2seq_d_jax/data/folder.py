@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from pix2seq_d_jax.data import sources
-from pix2seq_d_jax.evaluation import coco_format
+from pix2seq_d_jax.formats import coco_format
 
 MAX_SEGMENT_ID = coco_format.MAX_SEGMENT_ID
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')

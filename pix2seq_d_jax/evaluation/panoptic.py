@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from pix2seq_d_jax.evaluation import coco_format
-from pix2seq_d_jax.evaluation.coco_format import PanopticFormatError
+from pix2seq_d_jax.formats import coco_format
+from pix2seq_d_jax.formats.coco_format import PanopticFormatError
 
 SUMMARY_KEYS = ('PQ', 'SQ', 'RQ', 'PQ_th', 'SQ_th', 'RQ_th', 'PQ_st', 'SQ_st', 'RQ_st')
 

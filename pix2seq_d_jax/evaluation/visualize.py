@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pix2seq_d_jax.evaluation import coco_format
+from pix2seq_d_jax.formats import coco_format
 
 TITLE_HEIGHT = 20
 GAP = 4

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import optimize
 from scipy import spatial
 
-from pix2seq_d_jax.evaluation import davis_format
+from pix2seq_d_jax.formats import davis_format
 
 __all__ = [
     "DEFAULT_BOUND_TH",

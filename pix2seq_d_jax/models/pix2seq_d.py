@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pix2seq_d_jax.models import layers
+from pix2seq_d_jax import bits as bits_lib
 from pix2seq_d_jax.models.fpn import FeaturePyramidMerge
+from pix2seq_d_jax.models import layers
 from pix2seq_d_jax.models.resnet import ResNetC4
 from pix2seq_d_jax.models.transformer import ImageEncoder
 from pix2seq_d_jax.models.transunet import TransUNet
 
 CONDITIONINGS = ('cat', 'attn', 'cat+attn', 'none')
-BITS_PER_CHANNEL = 8
 REMAT_MODES = ('none', 'blocks')
 BACKBONE_NORMS = ('batch', 'frozen')
 
@@ -39,13 +39,13 @@ class Pix2SeqD(nn.Module):
   fpn: nn.Module
   decoder: nn.Module
   conditioning: str = 'cat+attn'
-  num_channels: int = 2
+  num_channels: int = bits_lib.MASK_CHANNELS
   self_condition: bool = False
   num_cond_frames: int = 0
 
   @property
   def num_bits(self) -> int:
-    return self.num_channels * BITS_PER_CHANNEL
+    return self.num_channels * bits_lib.BITS_PER_CHANNEL
 
   def encode(self, images, train: bool):
     """images float [B, H, W, 3] in [0, 1] -> (encoded_cat [B, h, w, C_fpn], tokens [B, S, D])."""
@@ -123,9 +123,10 @@ def build_model(config: ml_collections.ConfigDict) -> Pix2SeqD:
       dropout=d.dropout, transformer_dim=d.transformer_dim, transformer_layers=d.transformer_layers,
       transformer_head_dim=d.transformer_head_dim, transformer_mlp_dim=d.transformer_mlp_dim,
       cross_attention='attn' in m.conditioning, time_scaling=d.time_scaling,
-      num_groups=2 if head == 'softmax_xent' else 0, bits_per_group=BITS_PER_CHANNEL,
-      plain_out_dim=2 * BITS_PER_CHANNEL, head_value_limits=limits,
-      head_impossible_bias=d.head_prior_bias, dtype=dtype, attention=m.attention, remat=remat)
+      num_groups=bits_lib.MASK_CHANNELS if head == 'softmax_xent' else 0,
+      bits_per_group=bits_lib.BITS_PER_CHANNEL, plain_out_dim=bits_lib.MASK_BITS,
+      head_value_limits=limits, head_impossible_bias=d.head_prior_bias, dtype=dtype,
+      attention=m.attention, remat=remat)
   e = m.encoder
   return Pix2SeqD(
       backbone=ResNetC4(depths=tuple(m.backbone.depths), width=m.backbone.width, dtype=dtype,
@@ -145,11 +146,11 @@ def init_inputs(config: ml_collections.ConfigDict, batch: int = 1):
   """Dummy inputs of the right shapes for `Pix2SeqD.init` (and `jax.eval_shape`)."""
   m = config.model
   images = jnp.zeros((batch, *m.image_size, 3), jnp.float32)
-  x_t = jnp.zeros((batch, *m.mask_size, 2 * BITS_PER_CHANNEL), jnp.float32)
+  x_t = jnp.zeros((batch, *m.mask_size, bits_lib.MASK_BITS), jnp.float32)
   gamma = jnp.ones((batch,), jnp.float32)
   cond = None
   if m.num_cond_frames:
-    cond = jnp.zeros((batch, *m.mask_size, 2 * BITS_PER_CHANNEL * m.num_cond_frames), jnp.float32)
+    cond = jnp.zeros((batch, *m.mask_size, bits_lib.MASK_BITS * m.num_cond_frames), jnp.float32)
   return images, x_t, gamma, cond
 
 

@@ -136,7 +136,7 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
       raise ValueError(
           f"{path} is a {mode!r} image, but DAVIS id maps are single-channel PNGs whose values "
           f"(palette indices) are object ids: save the ids with "
-          f"pix2seq_d_jax.evaluation.davis_format.write_palette_png(path, ids) or "
+          f"pix2seq_d_jax.formats.davis_format.write_palette_png(path, ids) or "
           f"Image.fromarray(ids.astype(np.uint8)).save(path); for colour-coded masks, map each "
           f"colour to its object id first")
     ids = np.array(image)

@@ -1,6 +1,6 @@
-"""Video evaluation (SPEC §7.3-7.4): stream the evaluation clips, write DAVIS-format predictions
-and ground truth, score them with the DAVIS-2017 unsupervised protocol (J&F), and write
-`metrics.json` and pictures (DESIGN.md "Contracts").
+"""The video evaluation loop (SPEC §7.3-7.4): stream the evaluation clips, write DAVIS-format
+predictions and ground truth, score them with the DAVIS-2017 unsupervised protocol (J&F), and
+write `metrics.json` and pictures (DESIGN.md "Contracts").
 
 Panoptic clips -> DAVIS objects. DAVIS scores foreground objects only, so one rule turns a
 (class, id) clip into a DAVIS id clip, for the ground truth and the predictions alike:
@@ -10,14 +10,16 @@ Panoptic clips -> DAVIS objects. DAVIS scores foreground objects only, so one ru
   (the reference labels DAVIS objects so). Stuff regions and void become background 0.
 - Ground-truth crowd pixels become 255 (DAVIS void: ignored by J and F).
 - Predictions: in each frame an id takes the majority class of its pixels
-  (`video.postprocess_frames`), so a predicted id whose majority class is stuff becomes 0 there.
+  (`predict_video.postprocess_frames`), so a predicted id whose majority class is stuff becomes
+  0 there.
   At most 20 proposals are allowed (the protocol's limit): when a clip holds more object ids,
   the 20 with the most pixels over the clip are kept and the rest become 0.
 - Object ids are renumbered 1..n in order of first appearance (by frame, then raster order).
   The protocol counts the ground-truth objects of the first frame (ids 1..n of frame 0), so
   objects that enter a clip later are written (with larger ids) but not scored, as in DAVIS.
 
-Every process samples its share of the clips; process 0 gathers them and alone writes files.
+Every process samples its share of the clips; process 0 gathers them and alone writes files
+(pix2seq_d_jax/eval_loop.py).
 """
 
 import functools
@@ -30,29 +32,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pix2seq_d_jax import predict
-from pix2seq_d_jax import sharding
-from pix2seq_d_jax import video
-from pix2seq_d_jax.data import pipeline
-from pix2seq_d_jax.evaluation import davis_format
-from pix2seq_d_jax.evaluation import run as run_lib
+from pix2seq_d_jax import eval_loop
 from pix2seq_d_jax.evaluation import visualize
 from pix2seq_d_jax.evaluation import vos
+from pix2seq_d_jax.formats import coco_format
+from pix2seq_d_jax.formats import davis_format
+from pix2seq_d_jax import predict_video
+from pix2seq_d_jax import sampling
 
 VIDEO_KEYS = vos.RESULT_KEYS
-_FNS = {}
 
 
-def make_video_fn(config, model, mesh):
+def make_video_fn(config, model):
   """The jitted clip sampler + per-frame post-processing (one compile per clip shape and
-  static setting; cached per model and mesh, so periodic evaluations compile once)."""
-  settings = predict.SampleSettings.from_config(config)
+  static setting)."""
+  settings = sampling.SampleSettings.from_config(config)
   out_size = tuple(config.dataset.max_original_size)
   image_size = tuple(config.model.image_size)
   mask_size = tuple(config.model.mask_size)
-  key = (id(model), id(mesh), settings, out_size, image_size, mask_size)
-  if key in _FNS and _FNS[key][0] is model:
-    return _FNS[key][1]
 
   @functools.partial(jax.jit,
                      static_argnames=('steps_first', 'steps_later', 'decode', 'use_gt_cond'))
@@ -60,20 +57,18 @@ def make_video_fn(config, model, mesh):
           steps_later, decode, use_gt_cond):
     gt = None
     if use_gt_cond:
-      gt = video.label_to_mask_grid(labels, orig_size, unpadded_size, image_size=image_size,
-                                    mask_size=mask_size, max_instances=settings.max_instances)
-    masks = video.sample_video(variables, frames, ids, rng, td, model=model, settings=settings,
-                               steps_first=steps_first, steps_later=steps_later, decode=decode,
-                               gt_cond=gt)
+      gt = predict_video.label_to_mask_grid(
+          labels, orig_size, unpadded_size, image_size=image_size, mask_size=mask_size,
+          max_instances=settings.max_instances)
+    masks = predict_video.sample_video(
+        variables, frames, ids, rng, td, model=model, settings=settings,
+        steps_first=steps_first, steps_later=steps_later, decode=decode, gt_cond=gt)
     b, t = masks.shape[:2]
-    cls, inst = video.postprocess_frames(
+    cls, inst = predict_video.postprocess_frames(
         masks.reshape(b * t, *masks.shape[2:]), jnp.repeat(orig_size, t, axis=0),
         jnp.repeat(unpadded_size, t, axis=0), image_size=image_size, out_size=out_size,
         num_classes=settings.num_classes, max_instances=settings.max_instances)
     return cls.reshape(b, t, *out_size), inst.reshape(b, t, *out_size)
-
-  _FNS[key] = (model, run)
-  del mesh
   return run
 
 
@@ -155,13 +150,13 @@ def sequence_name(clip_id: int, source=None) -> str:
 
 
 def _original_frames(canvases: np.ndarray, unpadded, orig) -> np.ndarray:
-  return np.stack([run_lib.original_image(c, unpadded, orig) for c in canvases])
+  return np.stack([sampling.original_image(c, unpadded, orig) for c in canvases])
 
 
 def evaluate_video(config, variables, source, model, mesh, out_dir, *, step: int,
                    steps: int | None = None, steps_later: int | None = None,
                    td: float | None = None, decode: str | None = None,
-                   use_gt_cond: bool | None = None, fn=None) -> dict:
+                   use_gt_cond: bool | None = None, fn=None) -> tuple[dict, list]:
   """Streams the evaluation clips and scores them with the DAVIS unsupervised J&F.
 
   Writes (process 0) under out_dir: predictions/SEQ/00000.png ... (palette PNGs of DAVIS ids),
@@ -171,104 +166,98 @@ def evaluate_video(config, variables, source, model, mesh, out_dir, *, step: int
   ground truth in out_dir are replaced.
 
   Args:
-    config, variables, source, model, mesh: as for `run.evaluate_panoptic`.
+    config, variables, source, model, mesh: as for `eval_panoptic.evaluate_panoptic`.
     out_dir: e.g. WORKDIR/eval/step_N.
     step: the training step, recorded in the metrics.
     steps, steps_later, td, decode, use_gt_cond: override config.eval.steps (frame 0),
       .steps_later, .td, .decode and .use_gt_cond (condition on the ground truth of the
       previous frames instead of the model's own predictions).
-    fn: the sampler, `make_video_fn(...)` by default; any callable with its signature that
-      returns (class, id) int [B, T, Hmax, Wmax] can stand in (e.g. to score given maps).
+    fn: the sampler, `make_video_fn(config, model)` by default; any callable with its signature
+      that returns (class, id) int [B, T, Hmax, Wmax] can stand in (e.g. to score given maps).
 
   Returns:
-    The metrics: 'J&F', 'J_mean', 'J_recall', 'J_decay', 'F_mean', 'F_recall', 'F_decay' in
-    percent (None when no clip has an object in its first frame), 'per_sequence',
-    'num_objects', 'num_sequences', the sampling settings, 'eval_seconds', and '_panels'
-    (the frame strips, for TensorBoard).
+    (metrics, panels): 'J&F', 'J_mean', 'J_recall', 'J_decay', 'F_mean', 'F_recall', 'F_decay'
+    in percent (None when no clip has an object in its first frame), 'per_sequence',
+    'num_objects', 'num_sequences', the sampling settings and 'eval_seconds'; and the frame
+    strips (for TensorBoard). ({}, []) on processes other than 0.
   """
-  e = config.eval
-  key = lambda arg, name: f'config.eval.{name}' if arg is None else name
-  predict.check_sampler_args(e.steps if steps is None else steps, e.td if td is None else td,
-                             steps_key=key(steps, 'steps'), td_key=key(td, 'td'))
-  later_key = key(steps_later, 'steps_later')
-  steps = e.steps if steps is None else steps
-  steps_later = e.get('steps_later', steps) if steps_later is None else steps_later
-  predict.check_sampler_args(steps_later, steps_key=later_key)
-  td = e.td if td is None else td
-  decode = e.decode if decode is None else decode
-  use_gt_cond = bool(e.get('use_gt_cond', False) if use_gt_cond is None else use_gt_cond)
-  fn = fn or make_video_fn(config, model, mesh)
-  ds, _ = pipeline.eval_dataset(config, source, process_index=jax.process_index(),
-                                process_count=jax.process_count())
+  opts = sampling.EvalOptions.from_config(config, steps=steps, steps_later=steps_later, td=td,
+                                          decode=decode, use_gt_cond=use_gt_cond)
+  fn = fn or make_video_fn(config, model)
+  rng = jax.random.PRNGKey(config.seed)
+  sample = lambda batch: fn(variables, batch['image'], batch['id'].astype(jnp.int32),
+                            batch['label_orig'], batch['orig_size'], batch['unpadded_size'], rng,
+                            jnp.float32(opts.td), steps_first=opts.steps,
+                            steps_later=opts.steps_later, decode=opts.decode,
+                            use_gt_cond=opts.use_gt_cond)
   out_dir = pathlib.Path(out_dir)
   main = jax.process_index() == 0
-  categories = source.categories
-  stuff = stuff_classes(categories)
   pred_root, gt_root = out_dir / 'predictions', out_dir / 'groundtruth'
   if main:
     for folder in (pred_root, gt_root):
       if folder.exists():
         shutil.rmtree(folder)
     pred_root.mkdir(parents=True)
-  panels, names, first_frame_objects = [], [], 0
-  rng = jax.random.PRNGKey(config.seed)
+  writer = _ClipWriter(out_dir, source, config.eval.num_visualizations)
   start = time.time()
-  for index, local in enumerate(pipeline.as_numpy(ds)):
-    batch = sharding.global_batch(local, mesh)
-    cls, ids = fn(variables, batch['image'], batch['id'].astype(jnp.int32), batch['label_orig'],
-                  batch['orig_size'], batch['unpadded_size'], rng, jnp.float32(td),
-                  steps_first=steps, steps_later=steps_later, decode=decode,
-                  use_gt_cond=use_gt_cond)
-    # Every process takes part in the gathers; only process 0 uses the result. The frames
-    # (large for long clips) are gathered only for the batches that hold pictured clips, a
-    # choice every process makes alike.
-    parts = [('class', cls), ('id_map', ids), ('label', batch['label_orig']), ('id', batch['id']),
-             ('orig_size', batch['orig_size']), ('unpadded_size', batch['unpadded_size']),
-             ('valid', batch['valid']), ('num_frames', batch['num_frames'])]
-    if index * e.batch_size < e.num_visualizations:
-      parts.append(('image', batch['image']))
-    host = {k: run_lib.gather(v) for k, v in parts}
-    if not main:
-      continue
-    for j in np.flatnonzero(host['valid']):
-      h, w = host['orig_size'][j]
-      t = int(host['num_frames'][j])
-      seq = sequence_name(host['id'][j], source)
-      label = host['label'][j, :t, :h, :w]
-      pred_cls, pred_ids = host['class'][j, :t, :h, :w], host['id_map'][j, :t, :h, :w]
-      gt_davis = davis_ground_truth(label, stuff)
-      first_frame_objects += int(gt_davis[0][gt_davis[0] != vos.VOID_ID].max(initial=0))
-      davis_format.write_davis_groundtruth(gt_root, seq, gt_davis, split='val')
-      davis_format.write_davis_results(pred_root, seq, davis_predictions(pred_cls, pred_ids,
-                                                                         stuff))
-      names.append(seq)
-      if len(panels) < e.num_visualizations and 'image' in host:
-        frames = _original_frames(host['image'][j, :t], host['unpadded_size'][j], (h, w))
-        strip = visualize.render_frame_strip(frames, label[..., 0], label[..., 1], pred_cls,
-                                             pred_ids, categories)
-        visualize.save_png(out_dir / 'vis' / f'{seq}.png', strip)
-        visualize.save_gif(out_dir / 'vis' / f'{seq}.gif', [
-            visualize.render_panel(frames[k], label[k, ..., 0], label[k, ..., 1], pred_cls[k],
-                                   pred_ids[k], categories) for k in range(t)])
-        panels.append(strip)
+  for ex in eval_loop.sampled_examples(config, source, mesh, sample, ('num_frames',)):
+    writer.add(ex)
   elapsed = time.time() - start
   if not main:
-    return {}
-  if first_frame_objects:
+    return {}, []
+  if writer.first_frame_objects:
     metrics = vos.evaluate_davis_folders(gt_root, pred_root, 'val')
   else:
     logging.warning('eval step %d: no clip has an object in its first frame, so J&F is '
                     'undefined (reported as null).', step)
     metrics = {k: None for k in VIDEO_KEYS}
     metrics.update({'per_sequence': {}, 'num_objects': 0})
-  metrics.update({'step': step, 'sampling_steps': steps, 'sampling_steps_later': steps_later,
-                  'td': float(td), 'decode': decode, 'use_gt_cond': use_gt_cond,
-                  'num_sequences': len(names), 'eval_seconds': round(elapsed, 2)})
-  run_lib.write_json(out_dir / 'metrics.json', metrics)
+  metrics.update({'step': step, 'sampling_steps': opts.steps,
+                  'sampling_steps_later': opts.steps_later, 'td': opts.td,
+                  'decode': opts.decode, 'use_gt_cond': opts.use_gt_cond,
+                  'num_sequences': len(writer.names), 'eval_seconds': round(elapsed, 2)})
+  coco_format.write_json(out_dir / 'metrics.json', metrics, indent=2, sort_keys=True)
   if metrics['J&F'] is not None:
     logging.info('eval step %d (%d clips, %d objects, N=%d/%d, td=%g, %s%s): J&F %.2f | '
-                 'J %.2f | F %.2f', step, len(names), metrics['num_objects'], steps,
-                 steps_later, td, decode, ', GT conditioning' if use_gt_cond else '',
-                 metrics['J&F'], metrics['J_mean'], metrics['F_mean'])
-  metrics['_panels'] = panels
-  return metrics
+                 'J %.2f | F %.2f', step, len(writer.names), metrics['num_objects'],
+                 opts.steps, opts.steps_later, opts.td, opts.decode,
+                 ', GT conditioning' if opts.use_gt_cond else '', metrics['J&F'],
+                 metrics['J_mean'], metrics['F_mean'])
+  return metrics, writer.panels
+
+
+class _ClipWriter:
+  """Writes each evaluated clip in the DAVIS format (ground truth and predictions) and the
+  pictures of the first `num_visualizations` clips (process 0)."""
+
+  def __init__(self, out_dir: pathlib.Path, source, num_visualizations: int):
+    self.out_dir = out_dir
+    self.source = source
+    self.categories = source.categories
+    self.stuff = stuff_classes(self.categories)
+    self.num_visualizations = num_visualizations
+    self.names, self.panels, self.first_frame_objects = [], [], 0
+
+  def add(self, ex: dict) -> None:
+    """One clip of `eval_loop.sampled_examples`."""
+    h, w = ex['orig_size']
+    t = int(ex['num_frames'])
+    seq = sequence_name(ex['id'], self.source)
+    label = ex['label_orig'][:t, :h, :w]
+    pred_cls, pred_ids = ex['class'][:t, :h, :w], ex['id_map'][:t, :h, :w]
+    gt_davis = davis_ground_truth(label, self.stuff)
+    self.first_frame_objects += int(gt_davis[0][gt_davis[0] != vos.VOID_ID].max(initial=0))
+    davis_format.write_davis_groundtruth(self.out_dir / 'groundtruth', seq, gt_davis,
+                                         split='val')
+    davis_format.write_davis_results(self.out_dir / 'predictions', seq,
+                                     davis_predictions(pred_cls, pred_ids, self.stuff))
+    self.names.append(seq)
+    if len(self.panels) < self.num_visualizations and 'image' in ex:
+      frames = _original_frames(ex['image'][:t], ex['unpadded_size'], (h, w))
+      strip = visualize.render_frame_strip(frames, label[..., 0], label[..., 1], pred_cls,
+                                           pred_ids, self.categories)
+      visualize.save_png(self.out_dir / 'vis' / f'{seq}.png', strip)
+      visualize.save_gif(self.out_dir / 'vis' / f'{seq}.gif', [
+          visualize.render_panel(frames[k], label[k, ..., 0], label[k, ..., 1], pred_cls[k],
+                                 pred_ids[k], self.categories) for k in range(t)])
+      self.panels.append(strip)

@@ -314,10 +314,14 @@ def index_segments(
   return ids, index, counts
 
 
-def _atomic_write_json(path: pathlib.Path, obj: Any) -> None:
+def write_json(path: pathlib.Path, obj: Any, **dump_options) -> None:
+  """Writes `obj` as JSON to `path` (its folder created) through a temporary file, so a reader
+  never sees half a file; `dump_options` go to `json.dump` (e.g. indent=2)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + '.tmp')
   with open(tmp, 'w') as f:
-    json.dump(obj, f)
+    json.dump(obj, f, **dump_options)
   os.replace(tmp, path)
 
 
@@ -414,7 +418,7 @@ class CocoPanopticWriter:
   def close(self) -> pathlib.Path:
     """Writes panoptic.json (idempotent) and returns its path."""
     if not self._closed:
-      _atomic_write_json(self.json_path, {
+      write_json(self.json_path, {
           'images': self._images,
           'annotations': self._annotations,
           'categories': _plain(self.categories),

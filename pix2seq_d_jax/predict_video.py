@@ -19,46 +19,14 @@ live streams (frame index and history are runtime values, so it compiles once).
 """
 
 import functools
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from pix2seq_d_jax import bits as bits_lib
-from pix2seq_d_jax import diffusion
-from pix2seq_d_jax import losses
 from pix2seq_d_jax import predict
-from pix2seq_d_jax import train_step as train_step_lib
-
-
-def _check_decode(decode: str, settings: predict.SampleSettings) -> None:
-  if decode not in predict.DECODINGS:
-    raise ValueError(f'decode={decode!r}; valid: {predict.DECODINGS}.')
-  if decode == 'argmax' and settings.loss != 'softmax_xent':
-    raise ValueError("decode='argmax' needs the softmax head "
-                     "(config.diffusion.loss='softmax_xent').")
-
-
-def check_frames(config: ml_collections.ConfigDict, is_video: bool) -> None:
-  """At start-up: a video data set's windows are the P = model.num_cond_frames previous frames
-  plus the current one (dataset.num_frames = P + 1); image data has no previous frames (P = 0)."""
-  p = config.model.num_cond_frames
-  if not is_video:
-    if p:
-      raise ValueError(f'config.model.num_cond_frames={p} but config.dataset.name='
-                       f'{config.dataset.name!r} is an image data set (no previous frames): set '
-                       'config.model.num_cond_frames=0, or train on a video data set.')
-    return
-  n = config.dataset.num_frames
-  if n - 1 != p:
-    fix = (f'set config.model.num_cond_frames={n - 1} or config.dataset.num_frames={p + 1}'
-           if n >= 1 else f'set config.dataset.num_frames={p + 1}')
-    raise ValueError(f'config.dataset.num_frames={n} but config.model.num_cond_frames={p}: a '
-                     'training window is the previous frames the model conditions on plus the '
-                     f'current frame, so num_frames must be num_cond_frames + 1; {fix}.')
+from pix2seq_d_jax import sampling
 
 
 def empty_history(batch: int, num_cond_frames: int, mask_size: tuple[int, int]) -> jax.Array:
@@ -75,7 +43,7 @@ def push_history(history: jax.Array, masks: jax.Array) -> jax.Array:
 
 def sample_frame(variables: dict, frame: jax.Array, history: jax.Array, frame_index: jax.Array,
                  example_ids: jax.Array, rng: jax.Array, td, *, model,
-                 settings: predict.SampleSettings, steps_first: int, steps_later: int,
+                 settings: sampling.SampleSettings, steps_first: int, steps_later: int,
                  decode: str = 'bits') -> jax.Array:
   """Generates the masks of one frame of a batch of streams.
 
@@ -99,9 +67,8 @@ def sample_frame(variables: dict, frame: jax.Array, history: jax.Array, frame_in
     int32 [B, h, w, 2] (class, id) at mask resolution; classes < num_classes, ids < K.
   """
   s = settings
-  _check_decode(decode, s)
-  predict.check_sampler_args(steps_first, td, steps_key='steps_first')
-  predict.check_sampler_args(steps_later, steps_key='steps_later')
+  sampling.check_sampler_args(steps_first, td, steps_key='steps_first')
+  sampling.check_sampler_args(steps_later, steps_key='steps_later')
   enc_cat, tokens = model.apply(variables, frame, train=False, method='encode')
   cond = None
   if model.num_cond_frames:
@@ -109,29 +76,11 @@ def sample_frame(variables: dict, frame: jax.Array, history: jax.Array, frame_in
       raise ValueError(f'history holds {history.shape[1]} frames but the model conditions on '
                        f'model.num_cond_frames={model.num_cond_frames}: pass int32 '
                        f'[B, {model.num_cond_frames}, h, w, 2].')
-    cond = train_step_lib.cond_bits(history, s.b)
+    cond = bits_lib.cond_bits(history, s.b)
   frame_rng = jax.random.fold_in(rng, frame_index)
-  x_init = predict.initial_noise(frame_rng, example_ids, (*enc_cat.shape[1:3], model.num_bits))
-  limits = (s.num_classes, s.max_instances)
-
-  def denoise(x_t, gamma, carry):
-    out = model.apply(variables, x_t, gamma, enc_cat, tokens, train=False, self_cond=carry,
-                      cond=cond, method='decode')
-    x0 = losses.x0_from_output(out, s.loss, s.b)
-    aux = bits_lib.argmax_decode(out, limits) if decode == 'argmax' else jnp.zeros((), jnp.int32)
-    return x0, aux, (x0 if s.self_condition else None)
-
-  def run(steps):
-    carry = jnp.zeros_like(x_init) if s.self_condition else None
-    x0, aux = diffusion.ddim_sample(denoise, x_init, steps=steps, td=td,
-                                    schedule=diffusion.get_schedule(s.schedule),
-                                    x0_clip=bits_lib.bit_scales(
-                                        s.b, x_init.shape[-1] // bits_lib.BITS_PER_CHANNEL),
-                                    carry_init=carry)
-    if decode == 'argmax':
-      return aux
-    return bits_lib.analog_bits_to_map(x0, 2, limits)
-
+  x_init = sampling.initial_noise(frame_rng, example_ids, (*enc_cat.shape[1:3], model.num_bits))
+  run = lambda steps: sampling.generate(variables, enc_cat, tokens, x_init, td, model=model,
+                                        settings=s, steps=steps, decode=decode, cond=cond)
   if steps_first == steps_later:
     return run(steps_first)
   return jax.lax.cond(jnp.asarray(frame_index) == 0, lambda: run(steps_first),
@@ -139,7 +88,7 @@ def sample_frame(variables: dict, frame: jax.Array, history: jax.Array, frame_in
 
 
 def sample_video(variables: dict, frames: jax.Array, example_ids: jax.Array, rng: jax.Array, td,
-                 *, model, settings: predict.SampleSettings, steps_first: int, steps_later: int,
+                 *, model, settings: sampling.SampleSettings, steps_first: int, steps_later: int,
                  decode: str = 'bits', gt_cond: jax.Array | None = None) -> jax.Array:
   """Generates the masks of whole clips, streaming over their frames (`lax.scan`).
 
@@ -179,20 +128,24 @@ def sample_video(variables: dict, frames: jax.Array, example_ids: jax.Array, rng
   return jnp.moveaxis(masks, 0, 1)
 
 
+# The post-processing rules of video frames (see `postprocess_frames`).
+VIDEO_RULES = {'min_pixels': 0, 'clear_void_ids': False}
+
+
 def postprocess_frames(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array, *,
                        image_size: tuple[int, int], out_size: tuple[int, int],
                        num_classes: int, max_instances: int) -> tuple[jax.Array, jax.Array]:
   """Mask-resolution predictions of single frames -> class and id maps at the original size.
 
-  `predict.postprocess` without the image-only rules: each id takes the majority class of its
+  `sampling.postprocess` without the image-only rules: each id takes the majority class of its
   pixels (ties: the smaller class), but ids are kept as predicted whatever their class, and no id
   is dropped for its size. Video ids are what the tracking metrics score (the reference applies
   no vote to video, SPEC §6, and labels DAVIS objects with class 0, which the image rule would
   erase).
   """
-  return predict.postprocess(masks, orig_size, unpadded_size, image_size=image_size,
-                             out_size=out_size, num_classes=num_classes,
-                             max_instances=max_instances, min_pixels=0, clear_void_ids=False)
+  return sampling.postprocess(masks, orig_size, unpadded_size, image_size=image_size,
+                              out_size=out_size, num_classes=num_classes,
+                              max_instances=max_instances, **VIDEO_RULES)
 
 
 def label_to_mask_grid(labels: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array, *,
@@ -217,10 +170,10 @@ def label_to_mask_grid(labels: jax.Array, orig_size: jax.Array, unpadded_size: j
 
   def one(label, orig, unpad):
     # Mask cell -> canvas pixel -> original pixel (only meaningful inside the unpadded canvas).
-    yc = predict.nearest_index(h, h, big_h)
-    xc = predict.nearest_index(w, w, big_w)
-    yo = predict.nearest_index(big_h, unpad[0], orig[0])[yc]
-    xo = predict.nearest_index(big_w, unpad[1], orig[1])[xc]
+    yc = sampling.nearest_index(h, h, big_h)
+    xc = sampling.nearest_index(w, w, big_w)
+    yo = sampling.nearest_index(big_h, unpad[0], orig[0])[yc]
+    xo = sampling.nearest_index(big_w, unpad[1], orig[1])[xc]
     grid = label[:, yo][:, :, xo].astype(jnp.int32)
     valid = (yc < unpad[0])[:, None] & (xc < unpad[1])[None, :]
     keep = valid[None] & (grid[..., 2] == 0)
@@ -232,14 +185,14 @@ def label_to_mask_grid(labels: jax.Array, orig_size: jax.Array, unpadded_size: j
 
 
 def _preprocess_frames(frames: np.ndarray, image_size: tuple[int, int]) -> jax.Array:
-  """uint8 [b, T, H0, W0, 3] -> float32 canvases [b, T, H, W, 3] (see predict.preprocess_images)."""
+  """uint8 [b, T, H0, W0, 3] -> float32 canvases [b, T, H, W, 3] (`sampling.preprocess_images`)."""
   b, t = frames.shape[:2]
-  canvas = predict.preprocess_images(
+  canvas = sampling.preprocess_images(
       jnp.asarray(frames.reshape(b * t, *frames.shape[2:])), image_size)
   return canvas.reshape(b, t, *canvas.shape[1:])
 
 
-class VideoPredictor:
+class VideoPredictor(predict.PredictorBase):
   """Video panoptic predictions with ids carried across frames, for use from Python.
 
     predictor = VideoPredictor.from_workdir('runs/moving_shapes')
@@ -256,79 +209,27 @@ class VideoPredictor:
   kept as predicted (see `postprocess_frames`).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, variables: dict, categories=None):
-    from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
-    self.config = config
-    self.variables = variables
-    self.categories = categories
-    self.model = pix2seq_d.build_model(config)
-    self.settings = predict.SampleSettings.from_config(config)
-    self.image_size = tuple(config.model.image_size)
+  def __init__(self, config, variables: dict, categories=None):
+    super().__init__(config, variables, categories)
     self.mask_size = tuple(config.model.mask_size)
-    self._fns = {}
     self._stream = None
 
-  @classmethod
-  def from_workdir(cls, workdir: str, step: int | None = None, use_ema: bool = True):
-    """Loads the config saved in `workdir` and the newest (or given) checkpoint."""
-    from pix2seq_d_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    config, state, _ = checkpoint.load_for_inference(workdir, step)
-    categories = None
-    meta = pathlib.Path(workdir) / 'categories.json'
-    if meta.exists():
-      categories = json.loads(meta.read_text())
-    return cls(config, state.variables(use_ema), categories)
-
-  def _options(self, steps, steps_later, td, decode):
-    e = self.config.eval
-    # Each error names the argument, or the config key its default came from.
-    key = lambda arg, name: f'config.eval.{name}' if arg is None else name
-    predict.check_sampler_args(e.steps if steps is None else steps, e.td if td is None else td,
-                               steps_key=key(steps, 'steps'), td_key=key(td, 'td'),
-                               where='VideoPredictor: ')
-    steps = e.steps if steps is None else int(steps)
-    later_key = key(steps_later, 'steps_later')
-    steps_later = e.get('steps_later', steps) if steps_later is None else steps_later
-    predict.check_sampler_args(steps_later, steps_key=later_key, where='VideoPredictor: ')
-    steps_later = int(steps_later)
-    td = e.td if td is None else td
-    decode = e.decode if decode is None else decode
-    _check_decode(decode, self.settings)
-    return steps, steps_later, float(td), decode
-
-  def _jit(self, kind, steps, steps_later, decode):
+  def _sampler(self, kind: str, opts: sampling.EvalOptions):
     """The jitted sampler of `kind` ('clip' or 'frame'), once per static setting."""
-    key = (kind, steps, steps_later, decode)
-    if key not in self._fns:
-      static = dict(model=self.model, settings=self.settings, steps_first=steps,
-                    steps_later=steps_later, decode=decode)
+    static = dict(model=self.model, settings=self.settings, steps_first=opts.steps,
+                  steps_later=opts.steps_later, decode=opts.decode)
+
+    def build():
       if kind == 'clip':
-        self._fns[key] = jax.jit(functools.partial(sample_video, **static))
-      else:
-        def frame_step(variables, frame, history, frame_index, example_ids, rng, td):
-          # Looked up at trace time, so a test can count traces by wrapping it.
-          masks = sample_frame(variables, frame, history, frame_index, example_ids, rng, td,
-                               **static)
-          return masks, push_history(history, masks)
-        self._fns[key] = jax.jit(frame_step)
-    return self._fns[key]
+        return jax.jit(functools.partial(sample_video, **static))
 
-  def _postprocess(self, masks, size):
-    b = masks.shape[0]
-    unpad = predict.fit_size(size, self.image_size)
-    return _postprocess_jit(
-        masks, jnp.tile(jnp.asarray(size, jnp.int32), (b, 1)),
-        jnp.tile(jnp.asarray(unpad, jnp.int32), (b, 1)), image_size=self.image_size,
-        out_size=tuple(size), num_classes=self.settings.num_classes,
-        max_instances=self.settings.max_instances)
-
-  @staticmethod
-  def _check_uint8(x, ndim, what, shape_text):
-    x = np.asarray(x)
-    if x.ndim != ndim or x.shape[-1] != 3 or x.dtype != np.uint8:
-      raise ValueError(f'VideoPredictor: {what} must be uint8 {shape_text}, got {x.dtype} '
-                       f'{x.shape}. Convert floats in [0, 1] with (x * 255).astype(np.uint8).')
-    return x
+      def frame_step(variables, frame, history, frame_index, example_ids, rng, td):
+        # Looked up at trace time, so a test can count traces by wrapping it.
+        masks = sample_frame(variables, frame, history, frame_index, example_ids, rng, td,
+                             **static)
+        return masks, push_history(history, masks)
+      return jax.jit(frame_step)
+    return self._jit((kind, opts.steps, opts.steps_later, opts.decode), build)
 
   def __call__(self, frames, steps: int | None = None, steps_later: int | None = None,
                td: float | None = None, seed: int = 0, example_ids=None,
@@ -344,17 +245,16 @@ class VideoPredictor:
     Returns:
       {'class': int32 [b, T, H, W] (category index + 1, 0 = void), 'id': int32 [b, T, H, W]}.
     """
-    frames = self._check_uint8(frames, 5, 'frames', '[b, T, H, W, 3]')
-    steps, steps_later, td, decode = self._options(steps, steps_later, td, decode)
+    frames = self._check_uint8(frames, 5, 'frames', '[b, T, H, W, 3]', 'VideoPredictor')
+    opts = self._options(steps=steps, steps_later=steps_later, td=td, decode=decode)
     b, t = frames.shape[:2]
     ids = np.arange(b) if example_ids is None else np.asarray(example_ids)
-    masks = self._jit('clip', steps, steps_later, decode)(
+    masks = self._sampler('clip', opts)(
         self.variables, _preprocess_frames(frames, self.image_size), jnp.asarray(ids, jnp.int32),
-        jax.random.PRNGKey(seed), jnp.float32(td))
-    cls, inst = self._postprocess(masks.reshape(b * t, *masks.shape[2:]), frames.shape[2:4])
+        jax.random.PRNGKey(seed), jnp.float32(opts.td))
     size = frames.shape[2:4]
-    return {'class': np.asarray(cls).reshape(b, t, *size),
-            'id': np.asarray(inst).reshape(b, t, *size)}
+    cls, inst = self._postprocess(masks.reshape(b * t, *masks.shape[2:]), size, **VIDEO_RULES)
+    return {'class': cls.reshape(b, t, *size), 'id': inst.reshape(b, t, *size)}
 
   def start(self, batch: int = 1, *, steps: int | None = None, steps_later: int | None = None,
             td: float | None = None, seed: int = 0, example_ids=None,
@@ -362,16 +262,16 @@ class VideoPredictor:
     """Begins `batch` live streams (forgetting any previous ones); see `__call__` for the rest."""
     if batch < 1:
       raise ValueError(f'VideoPredictor.start: batch={batch}; pass the number of streams >= 1.')
-    steps, steps_later, td, decode = self._options(steps, steps_later, td, decode)
+    opts = self._options(steps=steps, steps_later=steps_later, td=td, decode=decode)
     ids = np.arange(batch) if example_ids is None else np.asarray(example_ids)
     if ids.shape != (batch,):
       raise ValueError(f'VideoPredictor.start: example_ids has shape {ids.shape}; pass one id '
                        f'per stream, shape ({batch},).')
     self._stream = {
-        'fn': self._jit('frame', steps, steps_later, decode),
+        'fn': self._sampler('frame', opts),
         'history': empty_history(batch, self.model.num_cond_frames, self.mask_size),
         'index': 0, 'ids': jnp.asarray(ids, jnp.int32), 'rng': jax.random.PRNGKey(seed),
-        'td': jnp.float32(td), 'batch': batch}
+        'td': jnp.float32(opts.td), 'batch': batch}
 
   def step(self, frame) -> dict:
     """Predicts the next frame of the streams begun by `start`.
@@ -385,18 +285,14 @@ class VideoPredictor:
     s = self._stream
     if s is None:
       raise RuntimeError('VideoPredictor.step: no stream; call start(batch=...) first.')
-    frame = self._check_uint8(frame, 4, 'frame', '[b, H, W, 3]')
+    frame = self._check_uint8(frame, 4, 'frame', '[b, H, W, 3]', 'VideoPredictor')
     if frame.shape[0] != s['batch']:
       raise ValueError(f'VideoPredictor.step: frame holds {frame.shape[0]} streams but start() '
                        f'began {s["batch"]}; call start(batch={frame.shape[0]}) to restart.')
-    canvas = predict.preprocess_images(
-        jnp.asarray(frame), self.image_size)
+    canvas = sampling.preprocess_images(jnp.asarray(frame), self.image_size)
     masks, s['history'] = s['fn'](self.variables, canvas, s['history'],
                                   jnp.int32(s['index']), s['ids'], s['rng'], s['td'])
     s['index'] += 1
-    cls, inst = self._postprocess(masks, frame.shape[1:3])
-    return {'class': np.asarray(cls), 'id': np.asarray(inst)}
+    cls, inst = self._postprocess(masks, frame.shape[1:3], **VIDEO_RULES)
+    return {'class': cls, 'id': inst}
 
-
-_postprocess_jit = jax.jit(postprocess_frames, static_argnames=(
-    'image_size', 'out_size', 'num_classes', 'max_instances'))

@@ -1,0 +1,1 @@
+"""File formats shared by the data sources and the scorers: COCO panoptic and DAVIS."""
