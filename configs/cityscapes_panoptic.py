@@ -39,14 +39,13 @@ or 1 per chip on a v4-32 slice (~12 GiB) in one pass.
 """
 
 from configs import common
-from configs import coco_panoptic
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, runlocal=False)
   c = common.base_config()
   c.dataset.name = 'coco_panoptic_folder'
-  coco_panoptic.add_folder_keys(c)
+  common.add_folder_keys(c)
   c.dataset.num_classes = 20              # 19 classes + void
   c.dataset.max_instances = 101
   c.dataset.object_order = 'shuffle'
@@ -65,15 +64,5 @@ def get_config(arg=None):
   c.eval.batch_size = 4
   c.eval.every_steps = 3720
   if args.runlocal:
-    coco_panoptic.small_model(c)
-    c.model.image_size = (64, 128)
-    c.model.mask_size = (32, 64)
-    c.train.batch_size = 2
-    c.train.num_steps = 2
-    c.train.log_every_steps = 1
-    c.train.checkpoint_every_steps = 2
-    c.eval.batch_size = 2
-    c.eval.steps = 2
-    c.eval.every_steps = 2
-    c.eval.num_visualizations = 1
+    common.runlocal(c, image_size=(64, 128), mask_size=(32, 64))
   return c

@@ -43,32 +43,6 @@ this project yet (no TPU pod was available); see README "Expected results".
 from configs import common
 
 
-def add_folder_keys(c) -> None:
-  """COCO-panoptic-folder keys (DESIGN.md contracts); empty = not set."""
-  for prefix in ('train', 'eval'):
-    c.dataset[f'{prefix}_json'] = ''
-    c.dataset[f'{prefix}_image_dir'] = ''
-    c.dataset[f'{prefix}_panoptic_dir'] = ''
-
-
-def small_model(c) -> None:
-  """The paper architecture at smoke-test size (for `:runlocal` variants)."""
-  c.model.backbone.depths = (1, 1, 1)
-  c.model.backbone.width = 16
-  c.model.encoder.num_layers = 1
-  c.model.encoder.dim = 64
-  c.model.encoder.num_heads = 4
-  c.model.encoder.mlp_dim = 128
-  c.model.fpn_dim = 64
-  c.model.decoder.dim = 32
-  c.model.decoder.ch_multipliers = (1, 2)
-  c.model.decoder.num_res_blocks = (1, 1)
-  c.model.decoder.transformer_dim = 64
-  c.model.decoder.transformer_layers = 1
-  c.model.decoder.transformer_head_dim = 32
-  c.model.decoder.transformer_mlp_dim = 128
-
-
 def get_config(arg=None):
   args = common.parse_arg(arg, stage='high', runlocal=False)
   c = common.base_config()
@@ -76,7 +50,7 @@ def get_config(arg=None):
   c.dataset.num_classes = 134             # 133 categories + void
   c.dataset.tfds_data_dir = ''            # '' = the TFDS default (~/tensorflow_datasets)
   c.dataset.shuffle_buffer = 10_000       # TFDS: examples in the shuffle buffer (per process)
-  add_folder_keys(c)
+  common.add_folder_keys(c)
   c.dataset.max_original_size = (640, 640)  # COCO images are at most 640 on a side
   c.model.remat = 'blocks'                # fits an accelerator (docstring)
   if args.stage == 'low':
@@ -92,17 +66,7 @@ def get_config(arg=None):
   elif args.stage != 'high':
     raise ValueError(f"coco_panoptic.py: stage={args.stage!r}; valid: 'low', 'high'.")
   if args.runlocal:
-    small_model(c)
-    c.model.image_size = (64, 64)
-    c.model.mask_size = (32, 32)
+    common.runlocal(c, image_size=(64, 64), mask_size=(32, 32))
     c.dataset.shuffle_buffer = 64
-    c.train.batch_size = 2
     c.train.microbatches = 1
-    c.train.num_steps = 2
-    c.train.log_every_steps = 1
-    c.train.checkpoint_every_steps = 2
-    c.eval.batch_size = 2
-    c.eval.steps = 2
-    c.eval.every_steps = 2
-    c.eval.num_visualizations = 1
   return c

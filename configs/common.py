@@ -1,6 +1,8 @@
 """Defaults shared by every config: the paper's Pix2Seq-D (SPEC Part 1, Decision 1).
 
-A config file's `get_config(arg)` starts from `base_config()` and changes what its setting needs.
+A config file's `get_config(arg)` starts from `base_config()` and changes what its setting needs;
+the helpers below it set the blocks several configs share (the small model, the synthetic-shapes
+recipe, the `:runlocal` smoke test, the COCO-panoptic-folder keys), so each is written once.
 Every key here is read by the code (a test checks that for every config and variant).
 """
 
@@ -118,3 +120,74 @@ def base_config() -> ml_collections.ConfigDict:
   # the data-parallel halves of a batch run side by side. No effect on GPU or TPU devices.
   c.cpu_devices = 0
   return c
+
+
+def add_folder_keys(c) -> None:
+  """Adds the COCO-panoptic-folder keys (DESIGN.md contracts), empty = not set."""
+  for prefix in ('train', 'eval'):
+    c.dataset[f'{prefix}_json'] = ''
+    c.dataset[f'{prefix}_image_dir'] = ''
+    c.dataset[f'{prefix}_panoptic_dir'] = ''
+
+
+def small_model(c, fpn_dim=64, ch_multipliers=(1, 2)) -> None:
+  """Sets the paper architecture at small size: 1-block stages, 64-wide 1-layer transformers."""
+  c.model.backbone.depths = (1, 1, 1)
+  c.model.backbone.width = 16
+  c.model.encoder.num_layers = 1
+  c.model.encoder.dim = 64
+  c.model.encoder.num_heads = 4
+  c.model.encoder.mlp_dim = 128
+  c.model.fpn_dim = fpn_dim
+  c.model.decoder.dim = 32
+  c.model.decoder.ch_multipliers = ch_multipliers
+  c.model.decoder.num_res_blocks = (1,) * len(ch_multipliers)  # one residual block a level
+  c.model.decoder.transformer_dim = 64
+  c.model.decoder.transformer_layers = 1
+  c.model.decoder.transformer_head_dim = 32
+  c.model.decoder.transformer_mlp_dim = 128
+
+
+def shapes_recipe(c) -> None:
+  """Sets the synthetic-shapes configs' shared data, model and CPU recipe (shapes.py says why)."""
+  c.dataset.num_classes = 9              # 8 categories + void
+  c.dataset.max_instances = 8            # ids 1..7: at most 7 segments per image or clip
+  c.dataset.object_order = 'raster'      # ids by first appearance, not a random permutation
+  c.dataset.data_seed = 0
+  c.dataset.synthetic_size = 64
+  c.dataset.max_original_size = (64, 64)
+
+  c.model.image_size = (64, 64)
+  c.model.mask_size = (32, 32)
+  small_model(c, fpn_dim=32, ch_multipliers=(1, 1, 2))   # the slimmer decoder
+  c.model.encoder.dropout = 0.0
+  c.model.encoder.drop_path = 0.0
+  c.model.decoder.head_bias = 'prior'
+
+  c.train.batch_size = 8
+  c.train.learning_rate = 2e-3
+  c.train.warmup_steps = 100
+  c.train.end_lr_factor = 0.1
+  c.train.weight_decay = 0.05
+  c.train.ema_decay = 0.99
+  c.train.log_every_steps = 50
+
+  c.eval.td = 1.0
+  c.eval.decode = 'argmax'
+
+  c.cpu_devices = 2                      # on a CPU-only host: two XLA devices, ~30 % faster
+
+
+def runlocal(c, image_size, mask_size) -> None:
+  """Sets the `:runlocal` smoke test of the real-data configs: the small model, 2 steps of 2."""
+  small_model(c)
+  c.model.image_size = image_size
+  c.model.mask_size = mask_size
+  c.train.batch_size = 2
+  c.train.num_steps = 2
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 2
+  c.eval.batch_size = 2
+  c.eval.steps = 2
+  c.eval.every_steps = 2
+  c.eval.num_visualizations = 1

@@ -24,7 +24,6 @@ of 32). `--config.model.remat=blocks` brings it to 2.8 GiB where memory is tight
 """
 
 from configs import common
-from configs import coco_panoptic
 
 
 def get_config(arg=None):
@@ -60,17 +59,8 @@ def get_config(arg=None):
   c.eval.use_gt_cond = False             # condition on ground truth instead of own predictions
   c.eval.td = 0.0
   if args.runlocal:
-    coco_panoptic.small_model(c)
-    c.model.image_size = (64, 128)
-    c.model.mask_size = (32, 64)
+    common.runlocal(c, image_size=(64, 128), mask_size=(32, 64))
     c.dataset.max_original_size = (64, 128)
-    c.train.batch_size = 2
-    c.train.num_steps = 2
-    c.train.log_every_steps = 1
-    c.train.checkpoint_every_steps = 2
     c.eval.batch_size = 1
-    c.eval.steps = 2
     c.eval.steps_later = 2
-    c.eval.every_steps = 2
-    c.eval.num_visualizations = 1
   return c

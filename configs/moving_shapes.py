@@ -13,7 +13,7 @@ examples are 3-frame windows (the last frame is the target, the earlier two the 
 dropped with probability `dataset.frames_dropout`); evaluation streams whole clips, conditioning
 every frame on the model's own previous predictions, and reports the DAVIS-2017 unsupervised
 J&F (stuff regions are background, thing instances are the objects; see
-pix2seq_d_jax/evaluation/run_video.py). It departs from the paper's recipe where configs/shapes.py
+pix2seq_d_jax/eval_vos.py). It departs from the paper's recipe where configs/shapes.py
 does, for the same measured reasons: K = 8, prior head bias, argmax decoding, batch 8, the slimmer
 decoder, and `object_order='raster'`: training ids are numbered by each object's first appearance
 in the clip (scanning frames in order, rows top to bottom) instead of a random permutation, so the
@@ -31,47 +31,16 @@ def get_config(arg=None):
   args = common.parse_arg(arg, runlocal=False, long=False)
   c = common.base_config()
   c.dataset.name = 'moving_shapes'
-  c.dataset.num_classes = 9              # 8 categories + void
-  c.dataset.max_instances = 8            # ids 1..7: a clip holds at most 7 segments (DAVIS: 16)
-  c.dataset.object_order = 'raster'      # ids by first appearance in the clip (paper: shuffle)
-  c.dataset.data_seed = 0
-  c.dataset.synthetic_size = 64
+  common.shapes_recipe(c)                # as shapes.py (K = 8; DAVIS: 16), raster ids in the clip
   c.dataset.num_frames = 3               # training window: 2 condition frames + the target
   c.dataset.eval_num_frames = 10         # evaluation clips are streamed whole
   c.dataset.frames_dropout = 0.2         # per condition frame (SPEC §7.1)
   c.dataset.num_train = 4096
   c.dataset.num_eval = 32
-  c.dataset.max_original_size = (64, 64)
 
-  c.model.image_size = (64, 64)
-  c.model.mask_size = (32, 32)
   c.model.num_cond_frames = 2
-  c.model.backbone.depths = (1, 1, 1)
-  c.model.backbone.width = 16
-  c.model.encoder.num_layers = 1
-  c.model.encoder.dim = 64
-  c.model.encoder.num_heads = 4
-  c.model.encoder.mlp_dim = 128
-  c.model.encoder.dropout = 0.0
-  c.model.encoder.drop_path = 0.0
-  c.model.fpn_dim = 32
-  c.model.decoder.dim = 32
-  c.model.decoder.ch_multipliers = (1, 1, 2)
-  c.model.decoder.num_res_blocks = (1, 1, 1)
-  c.model.decoder.head_bias = 'prior'
-  c.model.decoder.transformer_dim = 64
-  c.model.decoder.transformer_layers = 1
-  c.model.decoder.transformer_head_dim = 32
-  c.model.decoder.transformer_mlp_dim = 128
 
-  c.train.batch_size = 8
   c.train.num_steps = 1700
-  c.train.learning_rate = 2e-3
-  c.train.warmup_steps = 100
-  c.train.end_lr_factor = 0.1
-  c.train.weight_decay = 0.05
-  c.train.ema_decay = 0.99
-  c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 850
 
   c.eval.batch_size = 32
@@ -79,11 +48,7 @@ def get_config(arg=None):
   c.eval.steps = 20                      # DDIM steps of the first frame of a clip
   c.eval.steps_later = 10                # DDIM steps of every later frame
   c.eval.use_gt_cond = False             # condition on ground truth instead of own predictions
-  c.eval.td = 1.0
-  c.eval.decode = 'argmax'
   c.eval.num_visualizations = 4          # clips drawn as frame strips (PNG) and GIFs
-
-  c.cpu_devices = 2                      # on a CPU-only host: two XLA devices, ~30 % faster
 
   if args.long:
     c.train.num_steps = 8000

@@ -36,57 +36,21 @@ def get_config(arg=None):
   args = common.parse_arg(arg, runlocal=False, long=False)
   c = common.base_config()
   c.dataset.name = 'synthetic_shapes'
-  c.dataset.num_classes = 9              # 8 categories + void
-  c.dataset.max_instances = 8            # ids 1..7: at most 7 segments per image
-  c.dataset.object_order = 'raster'      # paper: 'random' (see the docstring)
-  c.dataset.data_seed = 0
-  c.dataset.synthetic_size = 64
+  common.shapes_recipe(c)                # K = 8, raster ids, the slimmer model, batch 8, argmax
   c.dataset.num_train = 4096
   c.dataset.num_eval = 256
-  c.dataset.max_original_size = (64, 64)
 
   c.diffusion.mask_weight_p = 0.7        # paper: 0.2
   c.diffusion.class_loss_weight = 2.0    # paper: 1.0
 
-  c.model.image_size = (64, 64)
-  c.model.mask_size = (32, 32)
-  c.model.backbone.depths = (1, 1, 1)
-  c.model.backbone.width = 16
-  c.model.encoder.num_layers = 1
-  c.model.encoder.dim = 64
-  c.model.encoder.num_heads = 4
-  c.model.encoder.mlp_dim = 128
-  c.model.encoder.dropout = 0.0
-  c.model.encoder.drop_path = 0.0
-  c.model.fpn_dim = 32
-  c.model.decoder.dim = 32
-  c.model.decoder.ch_multipliers = (1, 1, 2)
-  c.model.decoder.num_res_blocks = (1, 1, 1)
-  c.model.decoder.head_bias = 'prior'
-  c.model.decoder.transformer_dim = 64
-  c.model.decoder.transformer_layers = 1
-  c.model.decoder.transformer_head_dim = 32
-  c.model.decoder.transformer_mlp_dim = 128
-
-  c.train.batch_size = 8
   c.train.num_steps = 1600
-  c.train.learning_rate = 2e-3
-  c.train.warmup_steps = 100
-  c.train.end_lr_factor = 0.1
-  c.train.weight_decay = 0.05
-  c.train.ema_decay = 0.99
-  c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 800
 
   c.eval.batch_size = 64
   c.eval.every_steps = 800
   c.eval.steps = 20
-  c.eval.td = 1.0
   c.eval.min_pixels = 8
-  c.eval.decode = 'argmax'
   c.eval.num_visualizations = 8
-
-  c.cpu_devices = 2                      # on a CPU-only host: two XLA devices, ~30 % faster
 
   if args.long:
     c.train.num_steps = 9000

@@ -8,8 +8,10 @@
 # as ${a[@]+"${a[@]}"} because `set -u` rejects "${a[@]}" there.
 set -euo pipefail
 
-PROG=${0##*/}
-REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# Functions both launch scripts share (errors, quoting, --extra, --dry-run),
+# from this script's own directory.
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<EOF
@@ -68,40 +70,6 @@ Examples:
 EOF
 }
 
-die_usage() {
-  printf '%s: %s\n\n' "$PROG" "$1" >&2
-  usage >&2
-  exit 2
-}
-
-die() {
-  printf '%s: %s\n' "$PROG" "$1" >&2
-  exit 1
-}
-
-# Quote one word so that a POSIX shell reads it back unchanged.  Single quotes
-# (not printf %q) because the result is also parsed by the remote login shell and
-# by tests, and $'...' is not understood everywhere.
-shq() {
-  # ' becomes '\'' ; kept in variables because quote handling inside ${//}
-  # differs between bash versions.
-  local q="'" r="'\\''"
-  case $1 in
-    '' | *[!A-Za-z0-9_@%+=:,./-]*) printf "'%s'" "${1//$q/$r}" ;;
-    *) printf '%s' "$1" ;;
-  esac
-}
-
-# All arguments quoted and joined by spaces: a command line a shell reads back
-# as exactly these words.
-shjoin() {
-  local out='' w
-  for w in "$@"; do
-    out+="${out:+ }$(shq "$w")"
-  done
-  printf '%s' "$out"
-}
-
 # Join script lines into one line ("; " between them, " " after a trailing
 # "&"), so that every printed command stays on one line.
 join_lines() {
@@ -114,41 +82,6 @@ join_lines() {
     esac
   done
   printf '%s' "$out"
-}
-
-# Split $1 into words the way a shell splits a command line, without expanding
-# or running anything (no eval), and append them to EXTRA_ARGS.
-split_words() {
-  local s=$1 n=${#1} i=0 c q='' word='' inword=0
-  while [ "$i" -lt "$n" ]; do
-    c=${s:i:1}
-    if [ "$q" = "'" ]; then
-      if [ "$c" = "'" ]; then q=''; else word+=$c; fi
-    elif [ "$q" = '"' ]; then
-      if [ "$c" = '"' ]; then
-        q=''
-      elif [ "$c" = '\' ] && [ $((i + 1)) -lt "$n" ] && [[ ${s:i+1:1} == [\"\\\$\`] ]]; then
-        i=$((i + 1))
-        word+=${s:i:1}
-      else
-        word+=$c
-      fi
-    else
-      case $c in
-        ' ' | $'\t' | $'\n')
-          if [ "$inword" = 1 ]; then EXTRA_ARGS+=("$word"); fi
-          word='' inword=0 ;;
-        "'" | '"') q=$c inword=1 ;;
-        '\')
-          inword=1
-          if [ $((i + 1)) -lt "$n" ]; then i=$((i + 1)); word+=${s:i:1}; fi ;;
-        *) word+=$c inword=1 ;;
-      esac
-    fi
-    i=$((i + 1))
-  done
-  [ -z "$q" ] || die_usage "unbalanced $q quote in --extra: $s"
-  if [ "$inword" = 1 ]; then EXTRA_ARGS+=("$word"); fi
 }
 
 # ---------------------------------------------------------------- arguments --
@@ -165,14 +98,8 @@ WORKDIR=${PIX2SEQ_WORKDIR:-}
 REMOTE_DIR=${TPU_REMOTE_DIR:-pix2seq_d_jax}
 PYTHON=${TPU_PYTHON:-python3.11}
 LOG_DIR=${TPU_LOG_DIR:-}
-DRY_RUN=0
 STEPS=()
-EXTRA_ARGS=()
 if [ -n "${PIX2SEQ_EXTRA:-}" ]; then split_words "$PIX2SEQ_EXTRA"; fi
-
-need_value() {
-  [ "$#" -ge 2 ] || die_usage "$1 needs a value"
-}
 
 # Both "--flag value" and "--flag=value" are accepted.
 while [ "$#" -gt 0 ]; do
@@ -260,19 +187,6 @@ SRC_TMP=''
 APT='sudo env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a apt-get -o DPkg::Lock::Timeout=600'
 
 # ------------------------------------------------------- running commands --
-# Run a command, or with --dry-run print it as one '+ '-prefixed line that a
-# shell reads back as the same words.  Real runs echo it to stderr too.
-run_cmd() {
-  local line
-  line="+ $(shjoin "$@")"
-  if [ "$DRY_RUN" = 1 ]; then
-    printf '%s\n' "$line"
-    return 0
-  fi
-  printf '%s\n' "$line" >&2
-  "$@"
-}
-
 # Run a one-line bash script on every worker.  `bash -c` so the script does not
 # depend on the user's login shell, which sshd hands the --command string to.
 ssh_all() {
@@ -384,8 +298,8 @@ step_install() {
 #   go (Ctrl-C during `run`) then knows the checkpoint message is in run.log.
 run_script() {
   local main
-  main=$(shjoin .venv/bin/python -m pix2seq_d_jax.main "--config=$CONFIG" "--workdir=$WORKDIR" \
-    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
+  main_command .venv/bin/python
+  main=$(shjoin "${MAIN[@]}")
   join_lines 'set -uo pipefail' \
     "cd $RDIR || exit 1" \
     'mkdir -p "$HOME"/pix2seq_d_jax_logs' \

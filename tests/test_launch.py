@@ -1,4 +1,4 @@
-"""Tests of launch/tpu_vm.sh and launch/gpu_cluster.sh.
+"""Tests of launch/tpu_vm.sh and launch/gpu_cluster.sh (and launch/common.sh, which both source).
 
 gcloud, sbatch, srun, scontrol and curl are replaced by fakes first on PATH that
 record their arguments.  In --dry-run the fake gcloud and sbatch fail, and every
@@ -21,6 +21,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TPU = REPO / 'launch' / 'tpu_vm.sh'
 GPU = REPO / 'launch' / 'gpu_cluster.sh'
+COMMON = REPO / 'launch' / 'common.sh'
 
 # A config argument and extra arguments with spaces and both kinds of quote.
 CONFIG = 'configs/coco_panoptic.py:with space'
@@ -194,7 +195,7 @@ MAIN_ARGV = ['-m', 'pix2seq_d_jax.main', f'--config={CONFIG}', f'--workdir={WORK
 
 # ------------------------------------------------------------------ syntax --
 
-@pytest.mark.parametrize('script', [TPU, GPU], ids=['tpu', 'gpu'])
+@pytest.mark.parametrize('script', [TPU, GPU, COMMON], ids=['tpu', 'gpu', 'common'])
 def test_bash_syntax(script):
   proc = subprocess.run(['bash', '-n', str(script)], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
@@ -202,7 +203,7 @@ def test_bash_syntax(script):
 
 if shutil.which('shellcheck'):
 
-  @pytest.mark.parametrize('script', [TPU, GPU], ids=['tpu', 'gpu'])
+  @pytest.mark.parametrize('script', [TPU, GPU, COMMON], ids=['tpu', 'gpu', 'common'])
   def test_shellcheck(script):
     proc = subprocess.run(['shellcheck', '-s', 'bash', str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -213,6 +214,29 @@ def test_help(script, fake):
   proc = run(script, '--help', fake=fake)
   assert proc.returncode == 0
   assert proc.stdout.startswith('Usage:') and '--dry-run' in proc.stdout
+
+
+@pytest.mark.parametrize('script', [TPU, GPU], ids=['tpu', 'gpu'])
+def test_a_copy_of_launch_runs_from_any_directory(script, fake):
+  """The scripts find common.sh next to themselves, not in the working directory."""
+  copy = fake['tmp'] / 'elsewhere' / 'launch'
+  shutil.copytree(REPO / 'launch', copy)
+  elsewhere = fake['tmp'] / 'cwd'
+  elsewhere.mkdir()
+  for path in (copy / script.name, pathlib.Path('..') / 'elsewhere' / 'launch' / script.name):
+    proc = subprocess.run(['bash', str(path), '--help'], env=fake['env'], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == run(script, '--help', fake=fake).stdout
+  args = (('--name', 'n', '--zone', 'z', 'stop') if script == TPU
+          else ('--local', '1', '--config', 'c.py', '--workdir', '/w'))
+  proc = subprocess.run(['bash', str(copy / script.name), '--dry-run', *args], env=fake['env'],
+                        cwd=elsewhere, capture_output=True, text=True, timeout=30)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith('+ ')
+  if script == GPU:  # the repository is the copy's parent
+    assert f'{copy.parent}/.venv/bin/python' in proc.stdout
+  assert not calls(fake, 'gcloud') and not calls(fake, 'sbatch')
 
 
 # ----------------------------------------------------------------- TPU VM --
