@@ -1,4 +1,4 @@
-"""Cityscapes panoptic from COCO-panoptic-format files (Decision 11).
+"""Cityscapes panoptic from COCO-panoptic-format files (docs/decisions.md §11).
 
 Convert the fine annotations once with cityscapesscripts' csCreatePanopticImgs:
 

@@ -1,4 +1,5 @@
-"""COCO panoptic, the paper model (ResNet-50-C4, 94.5 M parameters) and recipe (Decision 10).
+"""COCO panoptic, the paper model (ResNet-50-C4, 94.5 M parameters) and recipe
+(docs/decisions.md §10).
 
   python -m pix2seq_d_jax.main --config=configs/coco_panoptic.py:stage=low --workdir=DIR
   python -m pix2seq_d_jax.main --config=configs/coco_panoptic.py:stage=high --workdir=DIR2 \
@@ -21,7 +22,7 @@ folder (the official `panoptic_{train,val}2017.json` + image and PNG folders):
 
 Stages: `stage=low` (batch 512, 800 epochs, lr 1e-4, 5 warm-up epochs, scale jitter [1, 3],
 colour jitter 1.0) then `stage=high` (batch 16, 15 epochs, lr 1e-5, no jitter). The reference
-gives both stages the 1024² image / 512² mask sizes (SPEC §3.8), and so do we.
+gives both stages the 1024² image / 512² mask sizes (docs/spec.md §3.8), and so do we.
 `runlocal` is a smoke test: a small model of the same architecture on 64² images.
 
 Memory (README "Memory on accelerators"; `python benchmarks/memory_plan.py --activations`): the

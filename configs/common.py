@@ -1,4 +1,4 @@
-"""Defaults shared by every config: the paper's Pix2Seq-D (SPEC Part 1, Decision 1).
+"""Defaults shared by every config: the paper's Pix2Seq-D (docs/decisions.md §1).
 
 A config file's `get_config(arg)` starts from `base_config()` and changes what its setting needs;
 the helpers below it set the blocks several configs share (the small model, the synthetic-shapes
@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.num_classes = 134            # classes + 1 (0 = void); 8 bits allow <= 256
   c.dataset.max_instances = 101          # K: ids 1..K-1, 0 = void; <= 256
   c.dataset.object_order = 'random'      # 'random' (ids spread over 1..K-1), 'shuffle', 'none'
-  c.dataset.min_scale = 1.0              # scale jitter range (SPEC §3.9)
+  c.dataset.min_scale = 1.0              # scale jitter range (docs/spec.md §3.9)
   c.dataset.max_scale = 1.0
   c.dataset.color_jitter = 0.0           # colour jitter strength
   c.dataset.flip_prob = 0.5
@@ -110,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.steps = 20
   c.eval.td = 1.0
   c.eval.min_pixels = 40
-  c.eval.decode = 'bits'                 # 'bits' (the reference) or 'argmax' (Decision 5)
+  c.eval.decode = 'bits'                 # 'bits' (the reference) or 'argmax' (docs/decisions.md §5)
   c.eval.use_ema = True
   c.eval.max_examples = -1               # -1: the whole split
   c.eval.num_visualizations = 8
@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def add_folder_keys(c) -> None:
-  """Adds the COCO-panoptic-folder keys (DESIGN.md contracts), empty = not set."""
+  """Adds the COCO-panoptic-folder keys (docs/contracts.md §4.1), empty = not set."""
   for prefix in ('train', 'eval'):
     c.dataset[f'{prefix}_json'] = ''
     c.dataset[f'{prefix}_image_dir'] = ''

@@ -1,4 +1,4 @@
-"""DAVIS 2017 unsupervised video object segmentation (Decision 12).
+"""DAVIS 2017 unsupervised video object segmentation (docs/decisions.md §12).
 
   python -m pix2seq_d_jax.data.check --config=configs/davis_video.py \
       --config.dataset.root=/data/DAVIS
@@ -54,7 +54,7 @@ def get_config(arg=None):
   c.train.checkpoint_every_steps = 1000
   c.eval.batch_size = 2
   c.eval.every_steps = 5000
-  c.eval.steps = 100                     # DDIM steps of the first frame (SPEC §4.6)
+  c.eval.steps = 100                     # DDIM steps of the first frame (docs/spec.md §4.6)
   c.eval.steps_later = 100               # DDIM steps of every later frame
   c.eval.use_gt_cond = False             # condition on ground truth instead of own predictions
   c.eval.td = 0.0

@@ -7,12 +7,12 @@
   python -m pix2seq_d_jax.main --config=configs/moving_shapes.py --workdir=runs/moving_shapes \
       --mode=eval --config.eval.use_gt_cond=True
 
-The video model of SPEC §7 (Decision 12) scaled down like configs/shapes.py: the decoder also
-reads the analog bits of the two previous frames' masks (`model.num_cond_frames=2`); training
-examples are 3-frame windows (the last frame is the target, the earlier two the condition, each
-dropped with probability `dataset.frames_dropout`); evaluation streams whole clips, conditioning
-every frame on the model's own previous predictions, and reports the DAVIS-2017 unsupervised
-J&F (stuff regions are background, thing instances are the objects; see
+The video model of docs/spec.md §7 (docs/decisions.md §12) scaled down like configs/shapes.py: the
+decoder also reads the analog bits of the two previous frames' masks (`model.num_cond_frames=2`);
+training examples are 3-frame windows (the last frame is the target, the earlier two the condition,
+each dropped with probability `dataset.frames_dropout`); evaluation streams whole clips,
+conditioning every frame on the model's own previous predictions, and reports the DAVIS-2017
+unsupervised J&F (stuff regions are background, thing instances are the objects; see
 pix2seq_d_jax/eval_vos.py). It departs from the paper's recipe where configs/shapes.py
 does, for the same measured reasons: K = 8, prior head bias, argmax decoding, batch 8, the slimmer
 decoder, and `object_order='raster'`: training ids are numbered by each object's first appearance
@@ -20,7 +20,7 @@ in the clip (scanning frames in order, rows top to bottom) instead of a random p
 first frame's ids are a function of the image and later frames copy them from the condition (J&F
 40.4 vs 36.5 with random ids after 1,200 vs 1,600 steps, see README).
 
-Initialising from an image model (Decision 7; the new input channels start at zero):
+Initialising from an image model (docs/decisions.md §7; the new input channels start at zero):
   --config.train.init_from=runs/shapes
 """
 
@@ -34,7 +34,7 @@ def get_config(arg=None):
   common.shapes_recipe(c)                # as shapes.py (K = 8; DAVIS: 16), raster ids in the clip
   c.dataset.num_frames = 3               # training window: 2 condition frames + the target
   c.dataset.eval_num_frames = 10         # evaluation clips are streamed whole
-  c.dataset.frames_dropout = 0.2         # per condition frame (SPEC §7.1)
+  c.dataset.frames_dropout = 0.2         # per condition frame (docs/spec.md §7.1)
   c.dataset.num_train = 4096
   c.dataset.num_eval = 32
 

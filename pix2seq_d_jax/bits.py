@@ -1,4 +1,4 @@
-"""Integer panoptic maps <-> analog bits (SPEC §1.4, §3.3, §4.5).
+"""Integer panoptic maps <-> analog bits (docs/spec.md §1.4, §3.3, §4.5).
 
 A panoptic map is int32 [..., C] with C channels (2 for an image: class, instance id). Each channel is
 written with `bits_per_channel` (8) bits, least significant bit first, channels in order, so an image
@@ -67,7 +67,7 @@ def map_to_analog_bits(m: jax.Array, b: Scale,
 
 def analog_bits_to_map(x: jax.Array, num_channels: int,
                        max_values: tuple[int, ...] | None = None) -> jax.Array:
-  """Per-bit threshold decoding (the reference decoding, SPEC §4.5).
+  """Per-bit threshold decoding (the reference decoding, docs/spec.md §4.5).
 
   Args:
     x: float [..., num_channels * n] analog bits; each bit is read as `x > 0`.
@@ -92,7 +92,7 @@ def bit_table(bits_per_group: int) -> jax.Array:
 
 
 def expected_analog_bits(logits: jax.Array, b: Scale) -> jax.Array:
-  """Expected analog bits under grouped softmaxes (SPEC §3.3).
+  """Expected analog bits under grouped softmaxes (docs/spec.md §3.3).
 
   Args:
     logits: float [..., G, 2^n]: one softmax over the 2^n values of each group of n bits.
@@ -111,7 +111,8 @@ def expected_analog_bits(logits: jax.Array, b: Scale) -> jax.Array:
 
 
 def argmax_decode(logits: jax.Array, max_values: tuple[int, ...] | None = None) -> jax.Array:
-  """Argmax of each group's softmax: float [..., G, 2^n] -> int32 [..., G] (Decision 5)."""
+  """Argmax of each group's softmax: float [..., G, 2^n] -> int32 [..., G]
+  (docs/decisions.md §5)."""
   if max_values is not None:
     # Values a channel can never hold (classes >= num_classes, ids >= K) are excluded.
     limits = jnp.asarray(max_values, jnp.int32)[:, None]
@@ -121,7 +122,7 @@ def argmax_decode(logits: jax.Array, max_values: tuple[int, ...] | None = None) 
 
 
 def cond_bits(cond_masks: jax.Array, b: Scale) -> jax.Array:
-  """Previous frames' masks int [B, P, h, w, 2] -> analog bits [B, h, w, 16 P] (SPEC §1.4).
+  """Previous frames' masks int [B, P, h, w, 2] -> analog bits [B, h, w, 16 P] (docs/spec.md §1.4).
 
   Channel order: [class(t-P), id(t-P), ..., class(t-1), id(t-1)], 8 bits each.
   """

@@ -1,4 +1,4 @@
-"""Continuous-time Gaussian diffusion on analog bits (SPEC §2, §4).
+"""Continuous-time Gaussian diffusion on analog bits (docs/spec.md §2, §4).
 
 gamma(t) is the signal variance ("alpha-bar") at time t in [0, 1]; x_t = sqrt(gamma) x0 +
 sqrt(1 - gamma) eps. Schedules are chosen by name strings as in the reference:
@@ -102,7 +102,7 @@ def corrupt(x0: jax.Array, gamma: jax.Array, noise: jax.Array) -> jax.Array:
 
 
 def time_grid(steps: int, td: float | jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The sampler's time pairs (SPEC §4.2).
+  """The sampler's time pairs (docs/spec.md §4.2).
 
   Returns:
     (t, t_next), float32 [steps] each: t_i = 1 - i/N is the time the network is told;
@@ -116,7 +116,7 @@ def time_grid(steps: int, td: float | jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def ddim_step(x_t: jax.Array, x0_pred: jax.Array, gamma_now: jax.Array, gamma_next: jax.Array,
               x0_clip: float | None) -> jax.Array:
-  """One deterministic DDIM update in the x0 parameterisation (SPEC §4.3).
+  """One deterministic DDIM update in the x0 parameterisation (docs/spec.md §4.3).
 
   eps_hat = (x_t - sqrt(g) x0_hat) / sqrt(1 - g); x_next = sqrt(g') x0_hat + sqrt(1 - g') eps_hat.
   """
@@ -128,7 +128,7 @@ def ddim_step(x_t: jax.Array, x0_pred: jax.Array, gamma_now: jax.Array, gamma_ne
 
 def ddim_sample(denoise: Callable, x_init: jax.Array, *, steps: int, td: float | jax.Array,
                 schedule: Schedule, x0_clip: float | None, carry_init=None):
-  """Runs `steps` DDIM steps with `lax.scan` and returns the last x0 prediction (SPEC §4.4).
+  """Runs `steps` DDIM steps with `lax.scan` and returns the last x0 prediction (docs/spec.md §4.4).
 
   Args:
     denoise: (x_t [B, ...], gamma [B], carry) -> (x0_pred [B, ...], aux, carry). `carry` threads

@@ -1,6 +1,6 @@
 """The image evaluation loop: sample the evaluation split, write predictions and ground truth as
-COCO panoptic files, score them with PQ, and write `metrics.json` and pictures (DESIGN.md
-"Contracts").
+COCO panoptic files, score them with PQ, and write `metrics.json` and pictures
+(docs/contracts.md §2).
 """
 
 import functools

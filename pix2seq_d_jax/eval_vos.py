@@ -1,6 +1,6 @@
-"""The video evaluation loop (SPEC §7.3-7.4): stream the evaluation clips, write DAVIS-format
-predictions and ground truth, score them with the DAVIS-2017 unsupervised protocol (J&F), and
-write `metrics.json` and pictures (DESIGN.md "Contracts").
+"""The video evaluation loop (docs/spec.md §7.3-7.4): stream the evaluation clips, write
+DAVIS-format predictions and ground truth, score them with the DAVIS-2017 unsupervised protocol
+(J&F), and write `metrics.json` and pictures (docs/contracts.md §2).
 
 Panoptic clips -> DAVIS objects. DAVIS scores foreground objects only, so one rule turns a
 (class, id) clip into a DAVIS id clip, for the ground truth and the predictions alike:

@@ -36,11 +36,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def _panoptic(args: argparse.Namespace) -> dict[str, Any]:
+  # lazy: --help and argument errors come without loading numpy and PIL.
   from pix2seq_d_jax.evaluation import panoptic  # pylint: disable=import-outside-toplevel
   return panoptic.evaluate_files(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir)
 
 
 def _vos(args: argparse.Namespace) -> dict[str, Any]:
+  # lazy: as in _panoptic.
   from pix2seq_d_jax.evaluation import vos  # pylint: disable=import-outside-toplevel
   return vos.evaluate_davis_folders(args.gt_dir, args.pred_dir)
 

@@ -1,4 +1,4 @@
-"""Training losses (SPEC §3.4, §3.5)."""
+"""Training losses (docs/spec.md §3.4, §3.5)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ from pix2seq_d_jax import bits as bits_lib
 
 
 def instance_size_weights(ids: jax.Array, num_ids: int, p: float) -> jax.Array:
-  """Per-pixel weights (1 / (c_k + 1))^p normalised to mean 1 per image (SPEC §3.5).
+  """Per-pixel weights (1 / (c_k + 1))^p normalised to mean 1 per image (docs/spec.md §3.5).
 
   Args:
     ids: int [B, h, w] instance ids; ids >= num_ids get weight 0 (when p > 0).

@@ -74,6 +74,7 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. --config=configs/shapes.py')
   config = config_lib.load_config(FLAGS.config, _OVERRIDES)
   if FLAGS.mode == 'describe':
+    # lazy: the CLI's flags and config errors come before JAX and TensorFlow load.
     from pix2seq_d_jax import describe  # pylint: disable=g-import-not-at-top
     print(json.dumps(describe.describe(config), indent=2))
     return
@@ -81,9 +82,11 @@ def main(argv):
     raise app.UsageError('--workdir is required for --mode=' + FLAGS.mode)
   split_cpu(config.get('cpu_devices', 0))
   _hide_accelerators_from_tensorflow()
+  # lazy: after split_cpu has set XLA_FLAGS (JAX reads them when it starts).
   from pix2seq_d_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
+  # lazy: as sharding above.
   from pix2seq_d_jax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.mode in ('train_and_eval', 'train'):
     metrics = train.train_and_evaluate(config, FLAGS.workdir,
@@ -91,6 +94,7 @@ def main(argv):
   elif FLAGS.mode == 'eval':
     metrics = train.evaluate(config, FLAGS.workdir, FLAGS.step)
   else:
+    # lazy: as sharding above.
     from pix2seq_d_jax import predict_files  # pylint: disable=g-import-not-at-top
     metrics = predict_files.run(FLAGS.workdir, FLAGS.input, FLAGS.step)
   if metrics:

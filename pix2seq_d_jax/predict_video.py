@@ -1,17 +1,17 @@
-"""Streaming video inference (SPEC §7.2) and the `VideoPredictor` API.
+"""Streaming video inference (docs/spec.md §7.2) and the `VideoPredictor` API.
 
 A clip is segmented frame by frame. For frame t the image encoder runs once, then DDIM sampling
 runs the decoder `steps_first` times on frame 0 and `steps_later` times on every later frame; the
-decoder also reads the analog bits (SPEC §1.4) of the masks of the P = `model.num_cond_frames`
-previous frames: the model's own integer predictions at mask resolution (zeros, i.e. void,
-before the first frame), or the ground truth in the "GT conditioning" diagnostic. Instance ids
-are carried from frame to frame by the network itself (it learned to copy ids from the
+decoder also reads the analog bits (docs/spec.md §1.4) of the masks of the P =
+`model.num_cond_frames` previous frames: the model's own integer predictions at mask resolution
+(zeros, i.e. void, before the first frame), or the ground truth in the "GT conditioning" diagnostic.
+Instance ids are carried from frame to frame by the network itself (it learned to copy ids from the
 condition); nothing matches ids after the fact.
 
 The initial noise of frame t of an example comes from `fold_in(fold_in(rng, t), example_id)`, so
-a clip's result does not depend on the batch it is in (Decision 6), and frame 0 of a video model
-whose condition channels are zero (an image checkpoint loaded with Decision 7) reproduces the
-image sampler called with the key `fold_in(rng, 0)`.
+a clip's result does not depend on the batch it is in (docs/decisions.md §6), and frame 0 of a video
+model whose condition channels are zero (an image checkpoint loaded with docs/decisions.md §7)
+reproduces the image sampler called with the key `fold_in(rng, 0)`.
 
 `sample_frame` is the whole per-frame computation; `sample_video` runs it in a `lax.scan` over
 the frames (one compiled program per clip shape), and `VideoPredictor.step` jits it alone for
@@ -140,8 +140,8 @@ def postprocess_frames(masks: jax.Array, orig_size: jax.Array, unpadded_size: ja
   `sampling.postprocess` without the image-only rules: each id takes the majority class of its
   pixels (ties: the smaller class), but ids are kept as predicted whatever their class, and no id
   is dropped for its size. Video ids are what the tracking metrics score (the reference applies
-  no vote to video, SPEC §6, and labels DAVIS objects with class 0, which the image rule would
-  erase).
+  no vote to video, docs/spec.md §6, and labels DAVIS objects with class 0, §7.3, which the
+  image rule would erase).
   """
   return sampling.postprocess(masks, orig_size, unpadded_size, image_size=image_size,
                               out_size=out_size, num_classes=num_classes,

@@ -1,12 +1,13 @@
-"""The sampler core shared by image and video prediction: sampling (SPEC §4) and
-post-processing (SPEC §6).
+"""The sampler core shared by image and video prediction: sampling (docs/spec.md §4) and
+post-processing (docs/spec.md §6).
 
 `generate` is the part both share: from initial noise, `lax.scan` over N decoder steps (DDIM with
 the asymmetric time difference td) and the decoding of the last x0 estimate into integer masks.
 `sample` puts the image encoder and the initial noise in front of it; the video sampler
 (pix2seq_d_jax/predict_video.py) adds the previous frames' masks. N is static (one compiled
 program per N), td a runtime value. The initial noise of each example comes from a key folded
-with its stable example id (Decision 6), so a prediction does not depend on the batch it is in.
+with its stable example id (docs/decisions.md §6), so a prediction does not depend on the batch it
+is in.
 
 `EvalOptions.from_config` is the one place that reads the sampler settings of `config.eval`
 (steps, steps_later, td, decode, use_gt_cond), with any overrides, and checks them:
@@ -194,7 +195,8 @@ def nearest_index(out_len: int, valid_len: jax.Array, src_len: jax.Array) -> jax
 def postprocess(masks: jax.Array, orig_size: jax.Array, unpadded_size: jax.Array, *,
                 image_size: tuple[int, int], out_size: tuple[int, int], num_classes: int,
                 max_instances: int, min_pixels: int, clear_void_ids: bool = True):
-  """Mask-resolution predictions -> class and instance maps at the original image size (SPEC §6).
+  """Mask-resolution predictions -> class and instance maps at the original image size
+  (docs/spec.md §6).
 
   Nearest resize mask -> image size, crop the unpadded region, nearest resize to the original
   size; then per id the majority class (ties: the smallest class), ids under `min_pixels` pixels

@@ -1,5 +1,5 @@
-"""The train state pytree, the optimizer and the learning-rate schedule (SPEC §3.6, §3.7), and
-`setup`: the one place that builds a config's model, optimizer and state."""
+"""The train state pytree, the optimizer and the learning-rate schedule (docs/spec.md §3.6, §3.7),
+and `setup`: the one place that builds a config's model, optimizer and state."""
 
 import dataclasses
 from typing import Any, Callable
@@ -21,7 +21,8 @@ class TrainState:
   Attributes:
     step: int32 scalar, optimizer steps taken.
     params, batch_stats: online weights and BatchNorm statistics.
-    ema_params, ema_batch_stats: their exponential moving averages (Decision 3: they start as a
+    ema_params, ema_batch_stats: their exponential moving averages (docs/decisions.md §3: they start
+    as a
       copy of the online ones); evaluation and prediction use these by default.
     opt_state: optax state.
     rng: uint32 [2] base key; step keys are `fold_in(rng, step)`.

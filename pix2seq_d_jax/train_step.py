@@ -1,4 +1,5 @@
-"""The jitted training step (SPEC §3): corrupt analog bits, denoise, weighted softmax CE, AdamW, EMA."""
+"""The jitted training step (docs/spec.md §3): corrupt analog bits, denoise, weighted softmax CE,
+AdamW, EMA."""
 
 import dataclasses
 
@@ -95,8 +96,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
       'weights': losses.instance_size_weights(masks[..., 1], s.max_instances, s.mask_weight_p)}
   if 'cond_masks' in batch:
     keep = jax.random.bernoulli(r_frames, 1.0 - s.frames_dropout, batch['cond_masks'].shape[:2])
-    inputs['cond'] = bits_lib.cond_bits(jnp.where(keep[:, :, None, None, None], batch['cond_masks'], 0),
-                               s.b)
+    inputs['cond'] = bits_lib.cond_bits(
+        jnp.where(keep[:, :, None, None, None], batch['cond_masks'], 0), s.b)
   if s.self_condition:
     inputs['use_self_cond'] = jax.random.bernoulli(r_use, s.self_condition_rate, (bsz,))
 
@@ -110,8 +111,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         self_cond=self_cond, cond=mb.get('cond'), method='decode', rngs={'dropout': key})
     self_cond = None
     if s.self_condition:
-      # SPEC §3.2: a first pass without an estimate gives one (no gradient) for a share of the
-      # batch; the rest sees zeros, as at the first sampling step.
+      # docs/spec.md §3.2: a first pass without an estimate gives one (no gradient) for a share of
+      # the batch; the rest sees zeros, as at the first sampling step.
       estimate = jax.lax.stop_gradient(
           bits_lib.x0_from_output(decode(jnp.zeros_like(mb['x_t']), k_first), s.loss, s.b))
       self_cond = jnp.where(mb['use_self_cond'][:, None, None, None], estimate, 0.0)

@@ -7,7 +7,7 @@ weights). The parameter subtrees named in `config.train.init_from_prefixes` (e.g
 'backbone') are copied, EMA weights where there are two; the rest stays as initialised. The
 decoder's first conv is mapped by named input group (`decoder_input_groups`), so a checkpoint
 with or without self-conditioning or previous frames loads into any other such model, new groups
-starting at zero (an image checkpoint loaded into the video model, Decision 7).
+starting at zero (an image checkpoint loaded into the video model, docs/decisions.md §7).
 """
 
 import logging
@@ -34,8 +34,8 @@ def _resolve(init_from: str) -> tuple[pathlib.Path, int | None]:
   if path.name.isdigit() and (path.parent.parent / checkpoint.CONFIG_FILE).exists():
     return path.parent.parent, int(path.name)
   raise FileNotFoundError(f'config.train.init_from={init_from!r}: expected a pix2seq_d_jax '
-                          f'workdir (holding {checkpoint.CONFIG_FILE} and checkpoints/), or one of its '
-                          'checkpoints/<step> directories.')
+                          f'workdir (holding {checkpoint.CONFIG_FILE} and checkpoints/), or one '
+                          'of its checkpoints/<step> directories.')
 
 
 # The decoder's first conv: its input channels are the groups of `decoder_input_groups`.

@@ -1,5 +1,5 @@
 """Tests for pix2seq_d_jax.bits: integer maps <-> analog bits, expected bits of the softmax head
-and the two decodings (SPEC §1.4, §3.3, §4.5, Decisions 5 and 8)."""
+and the two decodings (docs/spec.md §1.4, §3.3, §4.5, docs/decisions.md §5, §8)."""
 
 import hypothesis
 from hypothesis import strategies as st
@@ -61,7 +61,8 @@ def test_round_trip_property_on_random_maps(encode_decode, m, b):
 
 
 def test_bit_order_is_lsb_first_class_then_instance():
-  """Hand-written: (class 1, id 128) and (class 6, id 3) give the bit layouts of SPEC §1.4."""
+  """Hand-written: (class 1, id 128) and (class 6, id 3) give the bit layouts of
+  docs/spec.md §1.4."""
   x = np.asarray(bits.map_to_analog_bits(jnp.array([[1, 128], [6, 3]]), 1.0))
   np.testing.assert_array_equal(x[0], [1, -1, -1, -1, -1, -1, -1, -1,
                                        -1, -1, -1, -1, -1, -1, -1, 1])

@@ -1,5 +1,5 @@
 """Tests for pix2seq_d_jax.diffusion: gamma schedules, the sampler's time grid, the DDIM update
-and scan, and the forward corruption (SPEC §2, §4.2-§4.4)."""
+and scan, and the forward corruption (docs/spec.md §2, §4.2-§4.4)."""
 
 import math
 
@@ -17,7 +17,7 @@ def _np_cosine_simple(t):
 
 
 def _np_schedule(name: str, t: np.ndarray) -> np.ndarray:
-  """The SPEC §2 table, written out in float64 numpy."""
+  """The docs/spec.md §2 table, written out in float64 numpy."""
   t = t.astype(np.float64)
   kind, _, args = name.partition('@')
   p = args.split(',') if args else []
@@ -50,7 +50,7 @@ GRID = np.linspace(0.0, 1.0, 2001, dtype=np.float32)
 
 @pytest.mark.parametrize('name', SCHEDULES)
 def test_schedule_matches_spec_formula_and_is_non_increasing(name):
-  """gamma(t) equals the SPEC §2 formula (float64 numpy) on a fine grid, is finite, stays in
+  """gamma(t) equals the docs/spec.md §2 formula (float64 numpy) on a fine grid, is finite, stays in
   [0, 1] and never increases with t."""
   g = np.asarray(diffusion.get_schedule(name)(jnp.asarray(GRID)))
   assert g.dtype == np.float32 and np.all(np.isfinite(g))
@@ -110,7 +110,7 @@ def test_sample_time_distributions():
 @pytest.mark.parametrize('td', [0, 1, 2, 0.5])
 def test_time_grid_n20(td):
   """N = 20: t_i = 1 - i/20 and t'_i = max(1 - (i + 1 + td)/20, 0); the first pairs are those of
-  SPEC §4.2 and exactly the last floor(1 + td) steps (1 + td for integer td) have t' = 0."""
+  docs/spec.md §4.2 and exactly the last floor(1 + td) steps (1 + td for integer td) have t' = 0."""
   t, t_next = (np.asarray(a) for a in diffusion.time_grid(20, td))
   i = np.arange(20)
   np.testing.assert_allclose(t, 1 - i / 20, atol=1e-7)
@@ -123,9 +123,10 @@ def test_time_grid_n20(td):
 
 
 def _np_ddim_trajectory(x_init, x0, steps, td):
-  """DDIM of SPEC §4.3 with a perfect x0 estimate in float64: the input seen at every step.
+  """DDIM of docs/spec.md §4.3 with a perfect x0 estimate in float64: the input seen at every step.
 
-  The gammas are the float32 values of the (separately tested) schedule on the SPEC §4.2 grid:
+  The gammas are the float32 values of the (separately tested) schedule on the docs/spec.md §4.2
+  grid:
   near t = 0, 1 - gamma is ~1e-7 and float32 rounding of gamma alone moves sqrt(1 - gamma) by 10 %.
   """
   i = np.arange(steps)
@@ -166,7 +167,7 @@ def ddim_with_perfect_x0(jit):
 def test_ddim_sample_with_perfect_x0(ddim_with_perfect_x0, steps, td):
   """A denoiser that always returns the true x0: `ddim_sample` returns x0 exactly (the last x0
   prediction, not the last sample), and the inputs and gammas the denoiser saw at every step
-  follow the SPEC's DDIM recursion on the cosine grid."""
+  follow the DDIM recursion of docs/spec.md §4.3 on the cosine grid."""
   rng = np.random.default_rng(steps * 10 + int(2 * td))
   x0 = np.asarray(bits.map_to_analog_bits(rng.integers(0, 256, (2, 3, 3, 2)), 0.1))
   x_init = rng.normal(size=x0.shape).astype(np.float32)

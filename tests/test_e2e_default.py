@@ -1,4 +1,5 @@
-"""End to end: the default command on the tiny shapes variant keeps DESIGN.md's "Contracts".
+"""End to end: the default command on the tiny shapes variant keeps the contracts of
+docs/contracts.md.
 
   python -m pix2seq_d_jax.main --config=configs/shapes.py:runlocal --workdir=DIR
 

@@ -1,5 +1,5 @@
 """Tests for pix2seq_d_jax.losses: instance-size weights, the grouped softmax cross-entropy and
-the ablation heads (SPEC §3.3-§3.5)."""
+the ablation heads (docs/spec.md §3.3-§3.5)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +13,8 @@ IDS = np.array([[[0, 0, 0], [1, 1, 2]]], np.int32)
 
 
 def _np_weights(ids: np.ndarray, k: int, p: float) -> np.ndarray:
-  """SPEC §3.5 with loops: u(x) = (1 / (c_id(x) + 1))^p (0 for ids >= K when p > 0), scaled to
-  mean 1 per image."""
+  """docs/spec.md §3.5 with loops: u(x) = (1 / (c_id(x) + 1))^p (0 for ids >= K when p > 0), scaled
+  to mean 1 per image."""
   out = np.zeros(ids.shape)
   for i, m in enumerate(ids):
     counts = {v: int(np.sum(m == v)) for v in range(k)}

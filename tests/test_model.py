@@ -1,4 +1,5 @@
-"""Tests for pix2seq_d_jax.models (SPEC §5) and the training step built on them (SPEC §3):
+"""Tests for pix2seq_d_jax.models (docs/spec.md §5) and the training step built on them
+(docs/spec.md §3):
 parameter counts of the paper model, conditioning modes, dtypes, initialisation, batch
 independence at inference, and the jitted train step (retracing, learning, EMA, non-finite
 batches, self-conditioning)."""
@@ -43,8 +44,8 @@ def _param_shapes(config):
 
 
 def test_coco_model_has_94_5m_params_split_as_spec():
-  """configs/coco_panoptic.py counts 94.5 M +- 0.1 M parameters, split as SPEC §5.6 within 1 %
-  (backbone 8.543 M, encoder 38.355 M, fpn 4.004 M, decoder 43.590 M)."""
+  """configs/coco_panoptic.py counts 94.5 M +- 0.1 M parameters, split as docs/spec.md §5.6 within 1
+  % (backbone 8.543 M, encoder 38.355 M, fpn 4.004 M, decoder 43.590 M)."""
   counts = _coco_counts()
   assert abs(counts['total'] - 94.5e6) <= 0.1e6
   spec = {'backbone': 8.543e6, 'encoder': 38.355e6, 'fpn': 4.004e6, 'decoder': 43.590e6}
@@ -211,8 +212,8 @@ class _StubModel(nn.Module):
 
 
 def test_create_state_starts_ema_as_a_copy(jit):
-  """create_state: step 0, EMA params and batch statistics equal to the online ones (Decision 3),
-  optimizer state from tx.init."""
+  """create_state: step 0, EMA params and batch statistics equal to the online ones
+  (docs/decisions.md §3), optimizer state from tx.init."""
   tx = optax.adamw(1e-3)
   inputs = (jnp.zeros((1, 4, 4, 3)), jnp.ones((1, 2, 2, 16)), jnp.ones((1,)), None)
   state = jit(lambda: state_lib.create_state(_StubModel(), tx, inputs, seed=0))()

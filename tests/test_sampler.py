@@ -1,6 +1,6 @@
-"""Tests for pix2seq_d_jax.predict: post-processing (SPEC §6), the sampler's determinism per
-example (Decision 6), its compiled form (one decoder in a loop, td a runtime value) and the
-`Predictor` API."""
+"""Tests for pix2seq_d_jax.predict: post-processing (docs/spec.md §6), the sampler's determinism per
+example (docs/decisions.md §6), its compiled form (one decoder in a loop, td a runtime value) and
+the `Predictor` API."""
 
 import dataclasses
 import functools
@@ -94,7 +94,8 @@ def _np_nearest(src: int, dst: int) -> np.ndarray:
 
 
 def _np_postprocess(m, orig, unpad, image_size, out_size, num_classes, min_pixels):
-  """SPEC §6 step by step: mask -> canvas, crop, -> original size, vote, min_pixels, void ids."""
+  """docs/spec.md §6 step by step: mask -> canvas, crop, -> original size, vote, min_pixels, void
+  ids."""
   canvas = m[_np_nearest(m.shape[0], image_size[0])][:, _np_nearest(m.shape[1], image_size[1])]
   crop = canvas[:unpad[0], :unpad[1]]
   full = crop[_np_nearest(unpad[0], orig[0])][:, _np_nearest(unpad[1], orig[1])]
@@ -152,7 +153,7 @@ def sampler(tiny, jit):
   def fn(variables, images, example_ids, rng, td):
     traces.append(images.shape)
     return sampling.sample(variables, images, example_ids, rng, td, model=model,
-                          settings=settings, steps=2)
+                           settings=settings, steps=2)
   run = jit(fn)
   images = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype(np.float32)
   ids = np.array([7, 3, 11], np.int32)

@@ -132,8 +132,8 @@ def test_inference(name, monkeypatch):
   monkeypatch.setattr(predict, 'initial_noise', lambda rng, ids, shape: noise)
   bsz = noise.shape[0]
   masks = sampling.sample(v, rec['images'], jnp.arange(bsz), jax.random.PRNGKey(0), meta['td'],
-                         model=model, settings=sampling.SampleSettings.from_config(config),
-                         steps=meta['steps'], cond=cond)
+                          model=model, settings=sampling.SampleSettings.from_config(config),
+                          steps=meta['steps'], cond=cond)
   ours = np.asarray(masks)
   theirs = rec['infer_masks']
   print(f'{name} 5-step masks: {np.sum(ours != theirs)} of {theirs.size} values differ')

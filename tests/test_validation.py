@@ -73,21 +73,21 @@ def test_video_predictor_checks_steps_steps_later_and_td():
     p(clip)
   with pytest.raises(ValueError, match='steps_later=0'):
     predict_video.sample_frame(None, None, None, 0, None, None, 1.0, model=None,
-                       settings=sampling.SampleSettings.from_config(_video_config()),
-                       steps_first=2, steps_later=0)
+                               settings=sampling.SampleSettings.from_config(_video_config()),
+                               steps_first=2, steps_later=0)
 
 
 def test_evaluation_checks_its_overrides_and_config():
   """The evaluators check before they read any data (source, model and mesh are not needed)."""
   with pytest.raises(ValueError, match=r'^td=-1'):
-    eval_panoptic.evaluate_panoptic(_video_config(), None, None, None, None, '/nonexistent', step=0,
-                          td=-1.0)
+    eval_panoptic.evaluate_panoptic(_video_config(), None, None, None, None, '/nonexistent',
+                                    step=0, td=-1.0)
   with pytest.raises(ValueError, match=r'config\.eval\.steps=0'):
-    eval_panoptic.evaluate_panoptic(_video_config('eval.steps=0'), None, None, None, None, '/nonexistent',
-                          step=0)
+    eval_panoptic.evaluate_panoptic(_video_config('eval.steps=0'), None, None, None, None,
+                                    '/nonexistent', step=0)
   with pytest.raises(ValueError, match=r'config\.eval\.steps_later=0'):
     eval_vos.evaluate_video(_video_config('eval.steps_later=0'), None, None, None, None,
-                             '/nonexistent', step=0)
+                            '/nonexistent', step=0)
 
 
 @pytest.mark.parametrize('override,match', [

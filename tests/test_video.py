@@ -145,7 +145,7 @@ def test_swapped_and_extra_ids_lower_the_score_without_crashing(eval_setup, tmp_
     return cls, ids
 
   metrics, _ = eval_vos.evaluate_video(config, None, source, None, mesh, tmp_path / 'a', step=0,
-                                        fn=swapped)
+                                       fn=swapped)
   assert metrics['J&F'] < 99.0
 
   def crowded(*args, **kwargs):
@@ -157,7 +157,7 @@ def test_swapped_and_extra_ids_lower_the_score_without_crashing(eval_setup, tmp_
     return cls, ids
 
   metrics, _ = eval_vos.evaluate_video(config, None, source, None, mesh, tmp_path / 'b', step=0,
-                                        fn=crowded)
+                                       fn=crowded)
   assert 90.0 < metrics['J&F'] <= 100.0
   pred = davis_format.read_davis_sequence(tmp_path / 'b' / 'predictions' /
                                           _sequence_names(tmp_path / 'b')[0])[1]
@@ -247,7 +247,7 @@ class _CopyModel:
 
 def _copy_settings():
   return sampling.SampleSettings(b=0.1, schedule='cosine', loss='softmax_xent', num_classes=9,
-                                max_instances=16, self_condition=False)
+                                 max_instances=16, self_condition=False)
 
 
 def test_condition_carries_the_previous_prediction():
@@ -345,7 +345,7 @@ def test_streaming_equals_frame_by_frame_without_retracing(tiny_video, monkeypat
 
 
 # ---------------------------------------------------------------------------------------------
-# Image -> video initialisation (Decision 7).
+# Image -> video initialisation (docs/decisions.md §7).
 
 
 def _filled_state(config, variables):
@@ -397,7 +397,7 @@ def test_video_model_from_image_checkpoint_starts_as_the_image_model(tiny_config
     enc = image_model.apply(v, frame, train=False, method='encode')
     logits = image_model.apply(v, x_t, gamma, *enc, train=False, method='decode')
     masks = sampling.sample(v, frame, ids, jax.random.fold_in(key, 0), 1.0, model=image_model,
-                           settings=sampling.SampleSettings.from_config(image_config), steps=3)
+                            settings=sampling.SampleSettings.from_config(image_config), steps=3)
     return logits, masks
 
   @jit
@@ -406,8 +406,8 @@ def test_video_model_from_image_checkpoint_starts_as_the_image_model(tiny_config
     empty = bits_lib.cond_bits(predict_video.empty_history(2, 2, (16, 16)), config.diffusion.b)
     logits = model.apply(v, x_t, gamma, *enc, train=False, method='decode', cond=empty)
     masks = predict_video.sample_video(v, clip, ids, key, 1.0, model=model,
-                               settings=sampling.SampleSettings.from_config(config),
-                               steps_first=3, steps_later=2)
+                                       settings=sampling.SampleSettings.from_config(config),
+                                       steps_first=3, steps_later=2)
     return logits, masks
 
   image_logits, image_masks = jax.device_get(image_run(image_vars, frames[:, 0]))

@@ -10,13 +10,15 @@ Only the modules in `config.train.init_from_prefixes` are copied; the rest stays
 
 import pathlib
 
+from pix2seq_d_jax.convert import tf_pix2seq
+from pix2seq_d_jax.convert import torchvision_resnet
+
 TORCHVISION = 'torchvision:'
 SOURCES = ('tf', 'torchvision')
 
 
 def source_of(spec: str) -> str | None:
   """'torchvision', 'tf' or None (a workdir of ours, or nothing known)."""
-  from pix2seq_d_jax.convert import tf_pix2seq  # pylint: disable=g-import-not-at-top
   if spec.startswith(TORCHVISION):
     return 'torchvision'
   p = pathlib.Path(spec)
@@ -27,8 +29,6 @@ def source_of(spec: str) -> str | None:
 
 def read(source: str, path: str, config):
   """(online, EMA) variables {'params', 'batch_stats'} (numpy; possibly only some modules)."""
-  from pix2seq_d_jax.convert import tf_pix2seq  # pylint: disable=g-import-not-at-top
-  from pix2seq_d_jax.convert import torchvision_resnet  # pylint: disable=g-import-not-at-top
   if source == 'torchvision':
     v = torchvision_resnet.load_backbone(path[len(TORCHVISION):] if path.startswith(TORCHVISION)
                                          else path, config)

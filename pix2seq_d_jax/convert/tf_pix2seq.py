@@ -24,7 +24,10 @@ TensorFlow is imported only when a checkpoint is read.
 import pathlib
 import re
 
+import jax
 import numpy as np
+
+from pix2seq_d_jax.models import pix2seq_d
 
 SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 
@@ -227,8 +230,6 @@ class Checkpoint:
 
 def abstract_variables(config) -> dict:
   """{(collection, path): shape} of every variable of `pix2seq_d.build_model(config)`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
   model = pix2seq_d.build_model(config)
   images, x_t, gamma, cond = pix2seq_d.init_inputs(config)
   shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, x_t,

@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from pix2seq_d_jax.convert import tf_pix2seq
+
 # Their name pattern -> our path below `backbone/` ({n}: n-th group, {n+k} / {n-k}: +- k).
 RULES = [
     (r'conv1\.weight', 'stem_conv/kernel'),
@@ -90,7 +92,6 @@ def load_backbone(path: str, config, verbose: bool = True, fold_normalization: b
   see; False keeps the weights as they are (then the backbone expects normalised images).
   """
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  from pix2seq_d_jax.convert import tf_pix2seq  # pylint: disable=g-import-not-at-top
   try:
     tensors = load_file(path)
   except (OSError, FileNotFoundError) as err:

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from pix2seq_d_jax import config_lib
+from pix2seq_d_jax import data
 from pix2seq_d_jax.data import davis
 from pix2seq_d_jax.data import folder
 from pix2seq_d_jax.formats import coco_format
@@ -365,7 +366,6 @@ def check_config(config, splits, *, max_images: int = 0, workers: int = 0,
       summaries[split] = check_davis_split(config, split, problems, max_images=max_images,
                                            workers=workers)
     elif name in ('coco_panoptic_tfds', 'davis_tfds'):
-      from pix2seq_d_jax import data  # pylint: disable=g-import-not-at-top
       try:
         source = data.get_source(config.dataset)
         summaries[split] = {'examples': source.num_examples(split)}

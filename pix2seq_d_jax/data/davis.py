@@ -5,14 +5,14 @@ Labels (a project decision). DAVIS annotations are object ids per frame: 0 backg
 DAVIS uses ONE category, {'id': 1, 'name': 'object', 'isthing': 1} (config.dataset.num_classes
 = 2):
   object k     -> class 1, id k (the DAVIS object id; the pipeline's 'shuffle' order then gives
-                  each training clip one random permutation of its ids, SPEC §1.2);
+                  each training clip one random permutation of its ids, docs/spec.md §1.2);
   background   -> class 0, id 0 (void: the model learns to output (0, 0) there, as for padding);
   255 (void)   -> class 0, id 0, crowd flag 1 (void in training; evaluation can exclude it).
-The reference leaves the class channel 0 everywhere (SPEC §7.3); a class-1 foreground keeps the
-label format meaningful (categories, visualisation, num_classes) and costs the model nothing it
+The reference leaves the class channel 0 everywhere (docs/spec.md §7.3); a class-1 foreground keeps
+the label format meaningful (categories, visualisation, num_classes) and costs the model nothing it
 does not already encode in the ids. Evaluation (J&F) reads the ids only.
-One quirk is corrected (SPEC §7.3): in the video 'tennis' the value 255 marks an object, not void,
-so there it becomes max(other ids in the example) + 1.
+One quirk is corrected (docs/spec.md §7.3): in the video 'tennis' the value 255 marks an object, not
+void, so there it becomes max(other ids in the example) + 1.
 
 Examples: training examples are windows of `config.dataset.num_frames` consecutive frames
 (uint8 [T, H, W, 3] frames, int32 [T, H, W, 3] labels; the last frame is the target, the others
@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from pix2seq_d_jax.data import coco
 from pix2seq_d_jax.data import folder
 from pix2seq_d_jax.data import sources
 from pix2seq_d_jax.formats import davis_format
@@ -392,7 +393,6 @@ class DavisTfds(sources.Source):
     self._num_windows = None
 
   def _split_size(self, split):
-    from pix2seq_d_jax.data import coco  # pylint: disable=g-import-not-at-top
     return coco.split_size(self.builder, split, self.config.name)
 
   def num_examples(self, split: str) -> int:

@@ -1,6 +1,6 @@
 """COCO-panoptic-format folders as a random-access source (custom data, Cityscapes, COCO files).
 
-A split is three config keys (DESIGN.md, "Contracts"): `dataset.<split>_json` (the panoptic JSON:
+A split is three config keys (docs/contracts.md §4.1): `dataset.<split>_json` (the panoptic JSON:
 `images`, `annotations` with `segments_info`, `categories`), `dataset.<split>_image_dir` (the
 images, JPEG / PNG / BMP / GIF) and `dataset.<split>_panoptic_dir` (the RGB panoptic PNGs, segment
 id = R + 256·G + 256²·B, 0 = void), with <split> = train or eval.

@@ -1,4 +1,4 @@
-"""Per-example preprocessing ops for tf.data (SPEC §1.1–1.2, §3.9; Decisions 8–9).
+"""Per-example preprocessing ops for tf.data (docs/spec.md §1.1–1.2, §3.9; docs/decisions.md §8-§9).
 
 Every op takes and returns TensorFlow tensors, so the pipeline can call it eagerly or inside
 `tf.data.Dataset.map` and get the same result. All randomness is stateless and driven by an explicit
@@ -16,9 +16,9 @@ from typing import Any
 import tensorflow as tf
 
 ORDERS = ('none', 'shuffle', 'random', 'raster')
-PAD_IMAGE_VALUE = 0.3   # Decision 9: images are padded with 0.3, as the reference does
+PAD_IMAGE_VALUE = 0.3   # docs/decisions.md §9: images are padded with 0.3, as the reference does
 PAD_LABEL_VALUE = 0     # padding is void (class 0, id 0)
-MAX_IDS = 256           # Decision 8: 8 bits per channel bound ids to < 256
+MAX_IDS = 256           # docs/decisions.md §8: 8 bits per channel bound ids to < 256
 
 # Float resizing can land a hair below an integer (e.g. 1024 / 480 * 480 = 1023.9999 in float32);
 # without this tolerance an image that should exactly fit the target loses its last row.
@@ -115,7 +115,7 @@ def _resize(image: tf.Tensor | None, label: tf.Tensor | None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Segment ids (SPEC §1.2).
+# Segment ids (docs/spec.md §1.2).
 
 
 def order_ids(label: tf.Tensor, *, order: str, max_instances: int,
@@ -212,8 +212,8 @@ def order_ids(label: tf.Tensor, *, order: str, max_instances: int,
 def raster_ids(masks: tf.Tensor) -> tf.Tensor:
   """Renumbers segment ids 1..n in the raster order of each segment's first pixel.
 
-  A canonical order (not the paper's: its ids are random, SPEC §1.2) that makes a pixel's id a
-  function of the image: the segment met first scanning rows top to bottom, each left to right,
+  A canonical order (not the paper's: its ids are random, docs/spec.md §1.2) that makes a pixel's id
+  a function of the image: the segment met first scanning rows top to bottom, each left to right,
   gets id 1, the next 2, and so on. Over a clip [T, h, w, 2] the scan runs frame after frame, so
   the ids stay consistent through time. Void (id 0) stays 0. Applied to training masks after the
   crop and flip (the order depends on where segments land).
@@ -238,7 +238,7 @@ def raster_ids(masks: tf.Tensor) -> tf.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Train-time geometry and colour (SPEC §3.9).
+# Train-time geometry and colour (docs/spec.md §3.9).
 
 
 def scale_jitter(image: tf.Tensor, label: tf.Tensor, *, output_size: tuple[int, int],
@@ -407,7 +407,7 @@ def pad_to_size(image: tf.Tensor, label: tf.Tensor | None, *, output_size: tuple
     image: [.., h, w, 3] with h <= H, w <= W.
     label: [.., h, w, 2] int32 or None.
     output_size: (H, W).
-    image_value: image padding value (0.3, Decision 9).
+    image_value: image padding value (0.3, docs/decisions.md §9).
     label_value: label padding value (0 = void).
 
   Returns:
@@ -560,7 +560,8 @@ def train_transform(example: dict[str, Any], *, image_size: tuple[int, int],
                     mask_size: tuple[int, int], min_scale: float, max_scale: float,
                     color_jitter_strength: float, flip_prob: float,
                     seed: Seed) -> dict[str, Any]:
-  """The training augmentation of SPEC §3.9: jitter, crop, flip, colour, pad, label → mask size.
+  """The training augmentation of docs/spec.md §3.9: jitter, crop, flip, colour, pad, label → mask
+  size.
 
   The same geometry and random draws as scale_jitter → fixed_size_crop → random_horizontal_flip
   → pad_to_size → resize_label, computed in one pass: only the source pixels under the crop
@@ -622,7 +623,8 @@ def fit_size(size: tf.Tensor, output_size: tuple[int, int]) -> tf.Tensor:
 
 def eval_transform(example: dict[str, Any], *, image_size: tuple[int, int],
                    mask_size: tuple[int, int]) -> dict[str, Any]:
-  """The evaluation preprocessing of SPEC §3.9: fit inside image_size keeping aspect, then pad.
+  """The evaluation preprocessing of docs/spec.md §3.9: fit inside image_size keeping aspect, then
+  pad.
 
   The original label is not copied here; the pipeline passes it through (e.g. as 'label_orig')
   when metrics need the full-resolution ground truth.

@@ -1,4 +1,4 @@
-"""Panoptic quality (PQ, SQ, RQ) with the COCO panopticapi semantics (SPEC §8.1).
+"""Panoptic quality (PQ, SQ, RQ) with the COCO panopticapi semantics (docs/spec.md §8.1).
 
 Per image, with VOID = ground-truth segment id 0:
 - a GT segment and a predicted segment of the same category match when IoU > 0.5, where the union

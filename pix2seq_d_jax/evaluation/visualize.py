@@ -109,7 +109,7 @@ def _check_maps(class_map, id_map, num_classes, name):
 
 
 def _segment_key(class_map: np.ndarray, id_map: np.ndarray, isthing: np.ndarray) -> np.ndarray:
-  # Stuff of one class is one segment (Decision 4), so no boundaries inside it.
+  # Stuff of one class is one segment (docs/decisions.md §4), so no boundaries inside it.
   return class_map * (1 << 32) + np.where(isthing[class_map], id_map, 0)
 
 

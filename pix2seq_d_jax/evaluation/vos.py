@@ -1,7 +1,7 @@
 """DAVIS-2017 unsupervised video object segmentation metrics: J, F and J&F.
 
-A numpy/scipy reimplementation of the official `davis2017-evaluation` protocol (SPEC.md §7.3-7.4),
-so its numbers can be compared with published ones:
+A numpy/scipy reimplementation of the official `davis2017-evaluation` protocol
+(docs/spec.md §7.3-7.4), so its numbers can be compared with published ones:
 
 - J (region similarity): IoU of a GT object mask and a predicted mask over the non-void pixels;
   1 when the union is empty.

@@ -5,7 +5,7 @@ segment dicts `{'id', 'category_id', 'iscrowd', 'area', 'bbox'}`. On disk the ma
 with id = R + 256·G + 256²·B, and one JSON file holds `images`, `annotations` (one per image, with
 the PNG name and its segments_info) and `categories` (`{'id', 'name', 'isthing', 'color'?}`).
 
-This module converts the model's (class, instance id) maps to segments (project Decision 4),
+This module converts the model's (class, instance id) maps to segments (docs/decisions.md §4),
 writes such folders and reads them back with validation. Pure numpy + PIL.
 """
 
@@ -146,7 +146,7 @@ def segments_from_maps(
     categories: Sequence[Category],
     crowd_map: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[SegmentInfo]]:
-  """Turns (class, instance id) maps into COCO panoptic segments (project Decision 4).
+  """Turns (class, instance id) maps into COCO panoptic segments (docs/decisions.md §4).
 
   Void is decided by the class alone: class 0 is VOID (segment 0) whatever its id. All pixels of
   one stuff class form one segment whatever their ids; for thing classes each distinct

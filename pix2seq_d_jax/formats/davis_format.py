@@ -5,7 +5,7 @@ pixel values are object ids (0 = background, 1..n = objects, 255 = void in groun
 official files are palette ('P') PNGs that use the PASCAL VOC colour map, so a viewer shows each id
 in a distinct colour while a reader gets the ids back as the palette indices.
 
-Layouts written here (DESIGN.md, "Contracts"):
+Layouts written here (docs/contracts.md §4.1):
   results:      PRED_ROOT/SEQ/00000.png, 00001.png, ...
   ground truth: ROOT/Annotations_unsupervised/480p/SEQ/00000.png, ...  (or Annotations/480p)
                 ROOT/ImageSets/2017/<split>.txt  (one sequence name a line, sorted)

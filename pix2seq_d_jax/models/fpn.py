@@ -1,4 +1,4 @@
-"""Feature-pyramid merge of the encoder outputs to mask resolution (SPEC §5.4)."""
+"""Feature-pyramid merge of the encoder outputs to mask resolution (docs/spec.md §5.4)."""
 
 from typing import Sequence
 

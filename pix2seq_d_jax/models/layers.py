@@ -1,4 +1,4 @@
-"""Building blocks shared by the encoder and the decoder (SPEC §5)."""
+"""Building blocks shared by the encoder and the decoder (docs/spec.md §5)."""
 
 import functools
 import math
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-# Initialisers of the reference (SPEC §5.5.6).
+# Initialisers of the reference (docs/spec.md §5.5.6).
 glorot_uniform = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 near_zero = nn.initializers.variance_scaling(1e-10, 'fan_avg', 'uniform')
 
@@ -24,7 +24,7 @@ def sinusoidal_code(positions: jax.Array, dim: int) -> jax.Array:
 
 
 def sincos_2d(rows: int, cols: int, dim: int) -> jax.Array:
-  """Fixed 2-D position codes float32 [rows * cols, dim] (SPEC §5.3).
+  """Fixed 2-D position codes float32 [rows * cols, dim] (docs/spec.md §5.3).
 
   The first dim/2 channels encode the row, the last dim/2 the column, with coordinates normalised
   to [0, 2 pi]. A grid with one row or column gets a 1-D code over all positions.
@@ -365,7 +365,7 @@ class Mlp(nn.Module):
 
 
 class ScalarEmbedding(nn.Module):
-  """Embeds a per-example scalar (here the noise level gamma) as in SPEC §5.5.2.
+  """Embeds a per-example scalar (here the noise level gamma) as in docs/spec.md §5.5.2.
 
   e = SiLU(Dense(SiLU(Dense(PE(scalar * scaling, dim))))), both denses of width `out_dim`.
   """

@@ -1,4 +1,5 @@
-"""The Pix2Seq-D model: image encoder + feature merge + noise-conditioned mask decoder (SPEC §5).
+"""The Pix2Seq-D model: image encoder + feature merge + noise-conditioned mask decoder
+(docs/spec.md §5).
 
 Top-level parameter collections: `backbone` (ResNet C4), `encoder` (transformer on C4), `fpn`
 (feature-pyramid merge) and `decoder` (TransUNet). The encoder runs once per image; the decoder

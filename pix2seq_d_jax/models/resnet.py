@@ -1,4 +1,4 @@
-"""ResNet (v1.5, post-activation) up to stage 4, "C4" (SPEC §5.1).
+"""ResNet (v1.5, post-activation) up to stage 4, "C4" (docs/spec.md §5.1).
 
 BatchNorm statistics are computed over the whole batch the module sees. Under `jax.jit` with a
 batch sharded over devices (and processes) that batch is the global one, so the statistics are

@@ -1,5 +1,5 @@
-"""Transformer layers: the image encoder on C4 (SPEC §5.2) and the decoder's bottleneck layers
-(SPEC §5.5.4)."""
+"""Transformer layers: the image encoder on C4 (docs/spec.md §5.2) and the decoder's bottleneck
+layers (docs/spec.md §5.5.4)."""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ class EncoderLayer(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-  """C4 features [B, h, w, C] -> tokens [B, h w, dim] (SPEC §5.2).
+  """C4 features [B, h, w, C] -> tokens [B, h w, dim] (docs/spec.md §5.2).
 
   Dropout -> Dense -> LayerNorm -> + 2-D sin-cos codes -> `num_layers` pre-LN layers -> LayerNorm.
   `attention` picks the attention path (`layers.resolve_attention`); `remat` a rematerialisation

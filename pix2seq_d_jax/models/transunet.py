@@ -1,4 +1,4 @@
-"""TransUNet mask decoder conditioned on the noise level (SPEC §5.5)."""
+"""TransUNet mask decoder conditioned on the noise level (docs/spec.md §5.5)."""
 
 import math
 from typing import Sequence
@@ -90,7 +90,7 @@ class TransUNet(nn.Module):
     dropout: dropout inside residual blocks and the bottleneck MLPs (the reference's `udrop`).
     transformer_*: the bottleneck transformer (dim, layers, per-head dim, MLP width).
     cross_attention: attend to the encoder tokens in the bottleneck (`attn` conditioning).
-    time_scaling: the noise-level embedding reads gamma * time_scaling (Decision 2).
+    time_scaling: the noise-level embedding reads gamma * time_scaling (docs/decisions.md §2).
     num_groups, bits_per_group: G softmax groups of 2^n logits (the paper); num_groups = 0 gives a
       plain head with `plain_out_dim` outputs (the l2 / sigmoid ablations).
     head_value_limits: optional per-group count of values that can occur (num_classes, K); the
