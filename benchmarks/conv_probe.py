@@ -21,7 +21,6 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
 
 from benchmarks import matmul_probe
 from pix2seq_d_jax.models import layers

@@ -107,12 +107,10 @@ def _step_and_inputs(config_spec: str, overrides, b: int):
   import functools  # pylint: disable=g-import-not-at-top
   from pix2seq_d_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from pix2seq_d_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
-  from pix2seq_d_jax.models import pix2seq_d  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(config_spec, list(overrides) + [f'train.batch_size={b}',
                                                                   'train.microbatches=1'])
-  model = pix2seq_d.build_model(config)
-  tx, schedule = state_lib.make_optimizer(config, 1000, 0)
-  abstract = state_lib.abstract_state(config)
+  setup = state_lib.setup(config, 1000, 0)
+  model, tx, schedule, abstract = setup.model, setup.tx, setup.lr_schedule, setup.abstract
   m = config.model
   batch_shapes = {'image': jax.ShapeDtypeStruct((b, *m.image_size, 3), np.float32),
                   'masks': jax.ShapeDtypeStruct((b, *m.mask_size, 2), np.int32)}

@@ -56,10 +56,9 @@ def main():
   parser.add_argument('overrides', nargs='*', help='key=value config overrides')
   args = parser.parse_args()
   config = config_lib.load_config(args.config, args.overrides)
-  model = pix2seq_d.build_model(config)
-  tx, _ = state_lib.make_optimizer(config, 1, 0)
-  state = jax.jit(lambda: state_lib.create_state(model, tx, pix2seq_d.init_inputs(config),
-                                                 config.seed))()
+  setup = state_lib.setup(config)
+  model = setup.model
+  state = jax.jit(setup.init)()
   variables = state.variables()
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((args.batch, *config.model.image_size, 3), np.float32))

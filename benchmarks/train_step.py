@@ -57,13 +57,11 @@ def main():
   args = parser.parse_args()
   config = config_lib.load_config(args.config, args.overrides)
   mesh = sharding.make_mesh(config.mesh)
-  model = pix2seq_d.build_model(config)
-  tx, schedule = state_lib.make_optimizer(config, 1000, 0)
-  create = lambda: state_lib.create_state(model, tx, pix2seq_d.init_inputs(config), config.seed)
-  abstract = jax.eval_shape(create)
+  setup = state_lib.setup(config, 1000, 0)
+  model, tx, schedule, abstract = setup.model, setup.tx, setup.lr_schedule, setup.abstract
   shardings = sharding.state_shardings(abstract, mesh)
   sharding.check_sharded(shardings, abstract, mesh)
-  state = jax.jit(create, out_shardings=shardings)()
+  state = jax.jit(setup.init, out_shardings=shardings)()
   bsz = config.train.batch_size
   m = config.model
   rng = np.random.default_rng(0)

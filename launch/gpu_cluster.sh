@@ -286,7 +286,7 @@ LOCAL_PIDS=()
 stop_local() {
   local p
   for p in ${LOCAL_PIDS[@]+"${LOCAL_PIDS[@]}"}; do
-    if [ "$p" != done ]; then kill -TERM "$p" 2>/dev/null || true; fi
+    if [ "$p" != 'done' ]; then kill -TERM "$p" 2>/dev/null || true; fi
   done
 }
 
@@ -325,10 +325,10 @@ run_local() {
   while [ "$left" -gt 0 ]; do
     for ((i = 0; i < LOCAL; i++)); do
       p=${LOCAL_PIDS[i]}
-      if [ "$p" = done ] || kill -0 "$p" 2>/dev/null; then continue; fi
+      if [ "$p" = 'done' ] || kill -0 "$p" 2>/dev/null; then continue; fi
       prc=0
       wait "$p" || prc=$?
-      LOCAL_PIDS[i]=done
+      LOCAL_PIDS[i]='done'
       left=$((left - 1))
       if [ "$prc" != 0 ] && [ "$rc" = 0 ]; then
         rc=$prc

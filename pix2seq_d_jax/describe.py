@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from pix2seq_d_jax import bits as bits_lib
 from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import train_step as train_step_lib
@@ -43,11 +44,12 @@ def describe(config: ml_collections.ConfigDict) -> dict:
   encode = lambda v, x: model.apply(v, x, train=False, method='encode')
   enc_flops = _flops(encode, variables, f32(1, *m.image_size, 3))
   enc_cat, tokens = jax.eval_shape(encode, variables, f32(1, *m.image_size, 3))
-  cond = f32(1, *m.mask_size, 16 * m.num_cond_frames) if m.num_cond_frames else None
-  self_cond = f32(1, *m.mask_size, 16) if config.diffusion.self_condition else None
+  n = bits_lib.MASK_BITS
+  cond = f32(1, *m.mask_size, n * m.num_cond_frames) if m.num_cond_frames else None
+  self_cond = f32(1, *m.mask_size, n) if config.diffusion.self_condition else None
   decode = lambda v, x, g, a, t, s, c: model.apply(v, x, g, a, t, train=False, self_cond=s,
                                                    cond=c, method='decode')
-  dec_flops = _flops(decode, variables, f32(1, *m.mask_size, 16), f32(1), enc_cat, tokens,
+  dec_flops = _flops(decode, variables, f32(1, *m.mask_size, n), f32(1), enc_cat, tokens,
                      self_cond, cond)
   steps = config.eval.steps
   return {

@@ -8,6 +8,7 @@ tests that only need *some* weights of the right shapes take them from `random_v
 
 import functools
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -87,3 +88,20 @@ def random_variables():
       return jax.numpy.asarray(value, leaf.dtype)
     return jax.tree_util.tree_map_with_path(fill, shapes)
   return make
+
+
+def inlined_count(mlir: str, op: str) -> int:
+  """Occurrences of `op` in @main of a lowered program's text with every function call expanded
+  at its call site. A call inside a while body or a cond branch is one site: the loop holds its
+  body once, whatever the trip count."""
+  bodies = {}
+  for chunk in re.split(r'\n(?=\s*func\.func )', mlir):
+    m = re.search(r'func\.func (?:public |private )?@([\w$.-]+)\(', chunk)
+    if m:
+      bodies[m.group(1)] = chunk
+
+  @functools.cache
+  def count(name):
+    body = bodies[name]
+    return body.count(op) + sum(count(c) for c in re.findall(r'call @([\w$.-]+)\(', body))
+  return count('main')

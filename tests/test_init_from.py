@@ -1,4 +1,4 @@
-"""Partial initialisation (`checkpoint.init_from`) maps the decoder's input channels by group.
+"""Partial initialisation (`warm_start.init_from`) maps the decoder's input channels by group.
 
 The decoder reads [x_t, self-conditioning (iff diffusion.self_condition), encoder features,
 previous frames t-P..t-1 (model.num_cond_frames = P)] (`Pix2SeqD.decode`). Loading a checkpoint

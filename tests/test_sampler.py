@@ -4,13 +4,13 @@ the `Predictor` API."""
 
 import dataclasses
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import inlined_count
 from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import predict
 from pix2seq_d_jax import sampling
@@ -204,22 +204,6 @@ def test_sample_rejects_bad_decode(tiny):
 # The compiled sampler holds the decoder once.
 
 
-def _inlined_count(mlir: str, op: str) -> int:
-  """Occurrences of `op` in @main with every function call expanded at its call site. A call
-  inside a while body is one site: the loop holds its body once, whatever the trip count."""
-  bodies = {}
-  for chunk in re.split(r'\n(?=\s*func\.func )', mlir):
-    m = re.search(r'func\.func (?:public |private )?@([\w$.-]+)\(', chunk)
-    if m:
-      bodies[m.group(1)] = chunk
-
-  @functools.cache
-  def count(name):
-    body = bodies[name]
-    return body.count(op) + sum(count(c) for c in re.findall(r'call @([\w$.-]+)\(', body))
-  return count('main')
-
-
 def _flops(lowered) -> float:
   cost = lowered.cost_analysis()
   return float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
@@ -258,15 +242,15 @@ def test_compiled_sampler_holds_the_decoder_once(lowerings):
   """For N = 1, 5, 20 the program has a while loop and exactly the convolutions of one encoder +
   one decoder pass; the same count on an unrolled scan (N = 5) grows by 4 decoders, so the count
   would catch a decoder outside the loop or a copy per step."""
-  one_pass = _inlined_count(lowerings['forward'].as_text(), 'stablehlo.convolution')
-  decoder = _inlined_count(lowerings['decoder'].as_text(), 'stablehlo.convolution')
+  one_pass = inlined_count(lowerings['forward'].as_text(), 'stablehlo.convolution')
+  decoder = inlined_count(lowerings['decoder'].as_text(), 'stablehlo.convolution')
   assert 0 < decoder < one_pass
   for n, low in lowerings['looped'].items():
     text = low.as_text()
     assert 'stablehlo.while' in text, n
-    assert _inlined_count(text, 'stablehlo.convolution') == one_pass, n
+    assert inlined_count(text, 'stablehlo.convolution') == one_pass, n
   unrolled = _unrolled(lowerings['lower'], 5).as_text()
-  assert _inlined_count(unrolled, 'stablehlo.convolution') == one_pass + 4 * decoder
+  assert inlined_count(unrolled, 'stablehlo.convolution') == one_pass + 4 * decoder
 
 
 def test_sampler_work_grows_linearly_with_steps(lowerings):

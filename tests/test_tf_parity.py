@@ -129,7 +129,7 @@ def test_inference(name, monkeypatch):
   v = variables(name, True)
   cond = _cond(rec)
   noise = jnp.asarray(rec['infer_noise'])
-  monkeypatch.setattr(predict, 'initial_noise', lambda rng, ids, shape: noise)
+  monkeypatch.setattr(sampling, 'initial_noise', lambda rng, ids, shape: noise)
   bsz = noise.shape[0]
   masks = sampling.sample(v, rec['images'], jnp.arange(bsz), jax.random.PRNGKey(0), meta['td'],
                           model=model, settings=sampling.SampleSettings.from_config(config),

@@ -3,7 +3,6 @@ VideoPredictor) and pix2seq_d_jax.eval_vos (DAVIS export and J&F)."""
 
 import functools
 import json
-import re
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES
+from conftest import REPO, TINY_OVERRIDES, inlined_count
 from pix2seq_d_jax import bits as bits_lib
 from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import config_lib
@@ -273,22 +272,6 @@ def test_condition_carries_the_previous_prediction():
   np.testing.assert_array_equal(with_gt[:, 1:, ..., 1], gt[:, :-1, ..., 1])
 
 
-def _inlined_count(mlir: str, op: str) -> int:
-  """Occurrences of `op` in @main with every call expanded at its call site (a loop body or a
-  cond branch counts once)."""
-  bodies = {}
-  for chunk in re.split(r'\n(?=\s*func\.func )', mlir):
-    m = re.search(r'func\.func (?:public |private )?@([\w$.-]+)\(', chunk)
-    if m:
-      bodies[m.group(1)] = chunk
-
-  @functools.cache
-  def count(name):
-    body = bodies[name]
-    return body.count(op) + sum(count(c) for c in re.findall(r'call @([\w$.-]+)\(', body))
-  return count('main')
-
-
 def test_program_holds_the_encoder_once(tiny_video):
   """The clip program is a loop over frames holding one encoder and the decoder once per
   distinct step count: steps_first == steps_later -> one decoder, otherwise two (a cond)."""
@@ -296,17 +279,17 @@ def test_program_holds_the_encoder_once(tiny_video):
   settings = sampling.SampleSettings.from_config(config)
   args = (variables, jnp.zeros((1, 3, 32, 32, 3)), jnp.arange(1), jax.random.PRNGKey(0),
           jnp.float32(1.0))
-  count = lambda first, later: _inlined_count(jax.jit(functools.partial(
+  count = lambda first, later: inlined_count(jax.jit(functools.partial(
       predict_video.sample_video, model=model, settings=settings, steps_first=first,
       steps_later=later)).lower(*args).as_text(), 'stablehlo.convolution')
   _, x_t, gamma, cond = pix2seq_d.init_inputs(config)
   enc = jax.eval_shape(lambda: model.apply(variables, args[1][:, 0], train=False,
                                            method='encode'))
-  decoder = _inlined_count(jax.jit(lambda v, x, g, e, t, c: model.apply(
+  decoder = inlined_count(jax.jit(lambda v, x, g, e, t, c: model.apply(
       v, x, g, e, t, train=False, cond=c, method='decode')).lower(
           variables, x_t, gamma, jnp.zeros(enc[0].shape), jnp.zeros(enc[1].shape),
           cond).as_text(), 'stablehlo.convolution')
-  encoder = _inlined_count(jax.jit(lambda v, i: model.apply(
+  encoder = inlined_count(jax.jit(lambda v, i: model.apply(
       v, i, train=False, method='encode')).lower(variables, args[1][:, 0]).as_text(),
                            'stablehlo.convolution')
   assert decoder > 0 and encoder > 0
