@@ -30,9 +30,9 @@ import numpy as np
 
 from benchmarks import matmul_probe
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax.models import pix2seq_d
 
 
 def _time(fn, repeats):

@@ -31,10 +31,10 @@ import numpy as np
 
 from benchmarks import matmul_probe
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import sharding
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import train_step as train_step_lib
+from pix2seq_d_jax.models import pix2seq_d
 
 
 def _bytes_per_device(tree) -> dict:

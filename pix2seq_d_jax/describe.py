@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from pix2seq_d_jax import bits as bits_lib
-from pix2seq_d_jax.models import pix2seq_d
+from pix2seq_d_jax import sampling
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import train_step as train_step_lib
+from pix2seq_d_jax.models import pix2seq_d
 
 
 def _flops(fn, *args) -> float:
@@ -51,7 +52,7 @@ def describe(config: ml_collections.ConfigDict) -> dict:
                                                    cond=c, method='decode')
   dec_flops = _flops(decode, variables, f32(1, *m.mask_size, n), f32(1), enc_cat, tokens,
                      self_cond, cond)
-  steps = config.eval.steps
+  steps = sampling.EvalOptions.from_config(config).steps
   return {
       'params': pix2seq_d.count_params(state.params),
       'flops': {

@@ -11,8 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from pix2seq_d_jax.data import pipeline
 from pix2seq_d_jax import sharding
+from pix2seq_d_jax.data import pipeline
 
 # What every example brings besides the predictions: the batch keys of the eval pipeline.
 EXAMPLE_KEYS = ('label_orig', 'id', 'orig_size', 'unpadded_size', 'valid')

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from pix2seq_d_jax import eval_loop
+from pix2seq_d_jax import sampling
 from pix2seq_d_jax.evaluation import panoptic
 from pix2seq_d_jax.evaluation import visualize
 from pix2seq_d_jax.formats import coco_format
-from pix2seq_d_jax import sampling
 
 
 def make_panoptic_fn(config, model):

@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from pix2seq_d_jax import eval_loop
+from pix2seq_d_jax import predict_video
+from pix2seq_d_jax import sampling
 from pix2seq_d_jax.evaluation import visualize
 from pix2seq_d_jax.evaluation import vos
 from pix2seq_d_jax.formats import coco_format
 from pix2seq_d_jax.formats import davis_format
-from pix2seq_d_jax import predict_video
-from pix2seq_d_jax import sampling
 
 VIDEO_KEYS = vos.RESULT_KEYS
 

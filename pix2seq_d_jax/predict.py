@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 
 from pix2seq_d_jax import checkpoint
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import sampling
+from pix2seq_d_jax.models import pix2seq_d
 
 
 class PredictorBase:

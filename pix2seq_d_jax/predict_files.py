@@ -22,9 +22,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from pix2seq_d_jax import predict
 from pix2seq_d_jax.evaluation import visualize
 from pix2seq_d_jax.formats import coco_format
-from pix2seq_d_jax import predict
 
 # PIL's own decompression-bomb limit (twice its warning threshold; PIL raises past it). An image
 # this large holds gigabytes once decoded and as class and id maps at its own size.

@@ -69,6 +69,7 @@ def sample_frame(variables: dict, frame: jax.Array, history: jax.Array, frame_in
   s = settings
   sampling.check_sampler_args(steps_first, td, steps_key='steps_first')
   sampling.check_sampler_args(steps_later, steps_key='steps_later')
+  sampling.check_decode(decode, s.loss)
   enc_cat, tokens = model.apply(variables, frame, train=False, method='encode')
   cond = None
   if model.num_cond_frames:

@@ -20,15 +20,15 @@ from jax.experimental import multihost_utils
 
 from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import data
-from pix2seq_d_jax.data import pipeline
 from pix2seq_d_jax import eval_panoptic
 from pix2seq_d_jax import eval_vos
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax import sharding
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import train_step as train_step_lib
 from pix2seq_d_jax import warm_start
+from pix2seq_d_jax.data import pipeline
+from pix2seq_d_jax.models import pix2seq_d
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_examples: int | None) -> int:

@@ -20,8 +20,8 @@ import numpy as np
 
 from pix2seq_d_jax import bits as bits_lib
 from pix2seq_d_jax import checkpoint
-from pix2seq_d_jax.convert import pretrained
 from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax.convert import pretrained
 
 
 def _resolve(init_from: str) -> tuple[pathlib.Path, int | None]:

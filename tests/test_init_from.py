@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from pix2seq_d_jax import checkpoint
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import sharding
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import warm_start
+from pix2seq_d_jax.models import pix2seq_d
 
 # (self_condition, num_cond_frames): every decoder input layout with up to two previous frames.
 LAYOUTS = list(itertools.product((False, True), (0, 1, 2)))

@@ -11,11 +11,11 @@ import optax
 import pytest
 
 from pix2seq_d_jax import losses
+from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax import train_step as train_lib
 from pix2seq_d_jax.models import layers
 from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax.models import transunet
-from pix2seq_d_jax import state as state_lib
-from pix2seq_d_jax import train_step as train_lib
 
 NO_DROPOUT = ('model.encoder.dropout=0.0', 'model.encoder.drop_path=0.0',
               'model.decoder.dropout=0.0')

@@ -16,9 +16,9 @@ import pytest
 
 from pix2seq_d_jax import bits
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import train_step as train_lib
+from pix2seq_d_jax.models import pix2seq_d
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

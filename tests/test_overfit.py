@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pix2seq_d_jax.data import synthetic
-from pix2seq_d_jax.evaluation import panoptic
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import train_step as train_lib
+from pix2seq_d_jax.data import synthetic
+from pix2seq_d_jax.evaluation import panoptic
+from pix2seq_d_jax.models import pix2seq_d
 
 STEPS = 600
 NUM_IMAGES = 4

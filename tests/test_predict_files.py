@@ -17,9 +17,9 @@ from PIL import Image
 import data_fixtures as fx
 from conftest import REPO
 from pix2seq_d_jax import checkpoint
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import predict_files
 from pix2seq_d_jax import state as state_lib
+from pix2seq_d_jax.models import pix2seq_d
 
 CATEGORIES = [{'id': k, 'name': f'c{k}', 'isthing': int(k <= 4)} for k in range(1, 9)]
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import inlined_count
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import predict
 from pix2seq_d_jax import sampling
+from pix2seq_d_jax.models import pix2seq_d
 
 _postprocess = jax.jit(sampling.postprocess, static_argnames=(
     'image_size', 'out_size', 'num_classes', 'max_instances', 'min_pixels'))

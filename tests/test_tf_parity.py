@@ -19,13 +19,13 @@ import pytest
 
 from pix2seq_d_jax import bits as bits_lib
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax.convert import tf_pix2seq
 from pix2seq_d_jax import diffusion
 from pix2seq_d_jax import losses
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import predict
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax import warm_start
+from pix2seq_d_jax.convert import tf_pix2seq
+from pix2seq_d_jax.models import pix2seq_d
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / 'tests' / 'data' / 'tf_parity'

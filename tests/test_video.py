@@ -14,16 +14,16 @@ from conftest import REPO, TINY_OVERRIDES, inlined_count
 from pix2seq_d_jax import bits as bits_lib
 from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax.data import sources
 from pix2seq_d_jax import eval_vos
-from pix2seq_d_jax.evaluation import vos
-from pix2seq_d_jax.formats import davis_format
-from pix2seq_d_jax.models import pix2seq_d
 from pix2seq_d_jax import predict_video
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax import sharding
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import warm_start
+from pix2seq_d_jax.data import sources
+from pix2seq_d_jax.evaluation import vos
+from pix2seq_d_jax.formats import davis_format
+from pix2seq_d_jax.models import pix2seq_d
 
 
 def _video_config(*overrides):

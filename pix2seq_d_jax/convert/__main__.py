@@ -19,10 +19,10 @@ import jax
 
 from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax.convert import pretrained
 from pix2seq_d_jax import data
 from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax import warm_start
+from pix2seq_d_jax.convert import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

@@ -17,8 +17,8 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from pix2seq_d_jax.data.sources import Source
 from pix2seq_d_jax.data import transforms
+from pix2seq_d_jax.data.sources import Source
 
 
 def _local_batch(global_batch: int, process_count: int, what: str) -> int:

@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 
 from pix2seq_d_jax import bits as bits_lib
-from pix2seq_d_jax.models.fpn import FeaturePyramidMerge
 from pix2seq_d_jax.models import layers
+from pix2seq_d_jax.models.fpn import FeaturePyramidMerge
 from pix2seq_d_jax.models.resnet import ResNetC4
 from pix2seq_d_jax.models.transformer import ImageEncoder
 from pix2seq_d_jax.models.transunet import TransUNet
