@@ -167,12 +167,9 @@ def shapes_recipe(c) -> None:
   c.train.batch_size = 8
   c.train.learning_rate = 2e-3
   c.train.warmup_steps = 100
-  c.train.end_lr_factor = 0.1
-  c.train.weight_decay = 0.05
   c.train.ema_decay = 0.99
   c.train.log_every_steps = 50
 
-  c.eval.td = 1.0
   c.eval.decode = 'argmax'
 
   c.cpu_devices = 2                      # on a CPU-only host: two XLA devices, ~30 % faster

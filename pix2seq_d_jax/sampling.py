@@ -124,7 +124,8 @@ def initial_noise(rng: jax.Array, example_ids: jax.Array, shape: tuple[int, ...]
 def generate(variables: dict, enc_cat: jax.Array, tokens: jax.Array, x_init: jax.Array, td, *,
              model, settings: SampleSettings, steps: int, decode: str = 'bits',
              cond=None) -> jax.Array:
-  """The decoder loop from x_T to integer masks, given the encoder's outputs.
+  """The decoder loop from x_T to integer masks, given the encoder's outputs. Its callers
+  (`sample`, `predict_video.sample_frame`) check steps, td and decode before the encoder runs.
 
   Args:
     variables: {'params', 'batch_stats'}; enc_cat, tokens: `model.apply(..., method='encode')`.
@@ -140,8 +141,6 @@ def generate(variables: dict, enc_cat: jax.Array, tokens: jax.Array, x_init: jax
     ids < max_instances.
   """
   s = settings
-  check_sampler_args(steps, td)
-  check_decode(decode, s.loss)
   limits = (s.num_classes, s.max_instances)
 
   def denoise(x_t, gamma, carry):
