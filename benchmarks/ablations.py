@@ -26,7 +26,8 @@ meant to fit 90 minutes on a 2-core machine; the JSON records the wall time of e
 
 Writes OUT/ablations.json (every run: study, arm, seed, overrides, PQ, PQ_th, PQ_st, wall time;
 per study and arm: mean, min and max over seeds next to the paper's figure; whether the paper's
-best arm is ours too, and the Spearman rank correlation of our means with the paper's figures)
+best arm is ours too (no best arm when several tie), and the Spearman rank correlation of our
+means with the paper's figures, undefined when either side is all ties)
 and OUT/ablations.png (one panel per study). A failed run stops the call (after the runs in flight) with its log's
 tail; runs already finished are kept (OUT/runs/NAME/metrics.json) and not repeated on the next call.
 """
@@ -171,13 +172,29 @@ def run_one(run: Run, config_path: str, steps: int, out: pathlib.Path, pin_cpu) 
   return result
 
 
+def _ranks(values: list[float]) -> list[float]:
+  """Ranks from 0, ties sharing their mean rank."""
+  order = sorted(values)
+  return [order.index(v) + (order.count(v) - 1) / 2 for v in values]
+
+
 def _spearman(xs: list[float], ys: list[float]) -> float | None:
+  """Spearman's rank correlation (Pearson's of the ranks); None below 3 arms or when either
+  side is all ties."""
   if len(xs) < 3:
     return None
-  rank = lambda v: [sorted(v).index(x) for x in v]    # arms are few; ties take the first rank
-  rx, ry = rank(xs), rank(ys)
-  n = len(xs)
-  return round(1 - 6 * sum((a - b) ** 2 for a, b in zip(rx, ry)) / (n * (n * n - 1)), 3)
+  rx, ry = _ranks(xs), _ranks(ys)
+  mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+  sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+  sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+  return round(sxy / (sxx * syy) ** 0.5, 3) if sxx and syy else None
+
+
+def _best(rows: list[dict], value) -> object:
+  """The arm with the highest value; None when several share it."""
+  top = max(value(r) for r in rows)
+  best = [r['arm'] for r in rows if value(r) == top]
+  return best[0] if len(best) == 1 else None
 
 
 def summarize(runs: list[Run], results: dict) -> dict:
@@ -200,11 +217,11 @@ def summarize(runs: list[Run], results: dict) -> dict:
                   'max': round(max(values), 2)}
       rows.append(row)
     with_paper = [r for r in rows if r['paper_PQ'] is not None]
-    ours_best = max(rows, key=lambda r: r['PQ']['mean'])['arm']
-    paper_best = max(with_paper, key=lambda r: r['paper_PQ'])['arm'] if with_paper else None
+    ours_best = _best(rows, lambda r: r['PQ']['mean'])
+    paper_best = _best(with_paper, lambda r: r['paper_PQ']) if with_paper else None
     out[study] = {
         'rows': rows, 'ours_best': ours_best, 'paper_best': paper_best,
-        'best_agrees': ours_best == paper_best,
+        'best_agrees': ours_best is not None and ours_best == paper_best,
         'spearman_with_paper': _spearman([r['PQ']['mean'] for r in with_paper],
                                          [r['paper_PQ'] for r in with_paper]),
     }
@@ -241,8 +258,9 @@ def execute(runs: list[Run], run_fn, jobs: int) -> dict:
   """Runs the training runs, `jobs` at a time, then the evaluations; returns {Run: result}.
 
   `run_fn(run, cpu)` runs one; cpu is the CPU to pin it to (None: not pinned, when the process
-  may use fewer CPUs than jobs, or runs one at a time). A failure is raised once the runs in
-  flight have finished."""
+  may use fewer CPUs than jobs, or runs one at a time). The evaluations of one training run run
+  one after the other (they share its eval folder). A failure is raised once the runs in flight
+  have finished."""
   cpus = sorted(os.sched_getaffinity(0))
   free = queue.Queue()
   for cpu in (cpus[:jobs] if len(cpus) >= jobs > 1 else [None] * jobs):
@@ -256,10 +274,17 @@ def execute(runs: list[Run], run_fn, jobs: int) -> dict:
       free.put(cpu)
 
   results = {}
-  for phase in ([r for r in runs if r.eval_steps is None],
-                [r for r in runs if r.eval_steps is not None]):
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-      results.update(zip(phase, pool.map(pinned, phase)))
+  with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+    training = [r for r in runs if r.eval_steps is None]
+    results.update(zip(training, pool.map(pinned, training)))
+  # The evaluations of one workdir write the same eval/step_N/ folder: one after the other.
+  by_workdir = {}
+  for run in runs:
+    if run.eval_steps is not None:
+      by_workdir.setdefault(run.name, []).append(run)
+  with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+    for pairs in pool.map(lambda group: [(r, pinned(r)) for r in group], by_workdir.values()):
+      results.update(pairs)
   return results
 
 

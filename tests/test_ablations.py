@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import sys
+import threading
+import time
 
 import pytest
 
@@ -44,6 +46,24 @@ def test_command_pins_one_cpu_and_evaluates_the_base_workdir(tmp_path):
   assert cmd[0] == sys.executable and '--mode=eval' not in cmd
 
 
+def test_evaluations_of_one_workdir_never_overlap():
+  runs = ablations.plan(CONFIG, ['steps'], [0, 1])
+  active, overlaps, lock = {}, [], threading.Lock()
+
+  def fake(run, cpu):
+    with lock:
+      if run.eval_steps is not None and active.get(run.name):
+        overlaps.append(run)
+      active[run.name] = active.get(run.name, 0) + 1
+    time.sleep(0.05)
+    with lock:
+      active[run.name] -= 1
+    return {'seed': run.seed, 'cpu': cpu, 'PQ': 1.0, 'PQ_th': 1.0, 'PQ_st': 1.0}
+
+  results = ablations.execute(runs, fake, jobs=2)
+  assert not overlaps and len(results) == len(runs)
+
+
 def _fake_pq(run):
   """A made-up PQ that peaks at b = 0.1 and p = 0.4 and rises with the sampling steps."""
   pq = 40.0 + run.seed
@@ -72,6 +92,9 @@ def test_execute_and_summarize(tmp_path):
   results = ablations.execute(runs, fake, jobs=1)
   assert set(results) == set(runs) and len(seen) == len(runs)
   assert all(cpu is None for _, cpu in seen)
+  # Each evaluation group (one workdir) runs in order; training runs all come first.
+  evals = [r for r, _ in seen if r.eval_steps is not None]
+  assert [r.name for r in evals] == ['base_seed0'] * 3 + ['base_seed1'] * 3
   # Every training run ran before any evaluation of one.
   kinds = [r.eval_steps is None for r, _ in seen]
   assert kinds == sorted(kinds, reverse=True)
@@ -113,3 +136,14 @@ def test_run_one_reads_the_metrics_caches_and_names_a_failure(tmp_path, monkeypa
   bad = ablations.Run('bad', (), 9)
   with pytest.raises(RuntimeError, match=r'(?s)bad .*exit status 3.*boom: the data set is empty'):
     ablations.run_one(bad, CONFIG, 7, tmp_path, None)
+
+
+def test_rank_correlation_and_best_arm_with_ties():
+  assert ablations._spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]) == 1.0
+  assert ablations._spearman([4.0, 3.0, 2.0, 1.0], [10.0, 20.0, 30.0, 40.0]) == -1.0
+  assert ablations._spearman([0.0, 0.0, 0.0, 0.0], [47.5, 49.4, 50.3, 50.2]) is None
+  assert ablations._spearman([1.0, 2.0], [2.0, 1.0]) is None
+  assert ablations._spearman([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == 0.866
+  rows = [{'arm': a, 'v': v} for a, v in (('x', 1.0), ('y', 3.0), ('z', 3.0))]
+  assert ablations._best(rows, lambda r: r['v']) is None
+  assert ablations._best(rows[:2], lambda r: r['v']) == 'y'
