@@ -1,7 +1,7 @@
 """Command line: python -m pix2seq_d_jax.main --config=configs/X.py[:arg] --workdir=DIR
 [--mode=MODE] [--config.key=value ...].
 
-Modes: train_and_eval (default), train, eval, predict, describe.
+Modes: train_and_eval (default), train, eval, predict, export, describe.
 """
 
 import json
@@ -17,13 +17,28 @@ from absl import logging
 
 from pix2seq_d_jax import config_lib
 
-MODES = ('train_and_eval', 'train', 'eval', 'predict', 'describe')
+MODES = ('train_and_eval', 'train', 'eval', 'predict', 'export', 'describe')
 
 flags.DEFINE_string('config', None, 'Config file, optionally with :arg, e.g. configs/shapes.py.')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and predictions.')
 flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to do.')
-flags.DEFINE_integer('step', None, 'eval/predict: checkpoint step (default: the newest).')
+flags.DEFINE_integer('step', None,
+                     'eval/predict/export: checkpoint step (default: the newest).')
 flags.DEFINE_string('input', None, 'predict: a glob of image files (default: the eval split).')
+flags.DEFINE_string('export_dir', None, 'export: the folder for predictor.jax_exported and '
+                    'signature.json (required).')
+flags.DEFINE_string('export_canvas', None,
+                    'export: H,W of the input images (default: the model\'s image size).')
+flags.DEFINE_integer('export_steps', None, 'export: DDIM steps (default: config.eval.steps).')
+flags.DEFINE_integer('export_steps_later', None,
+                     'export, video: steps of later frames (default: config.eval.steps_later).')
+flags.DEFINE_float('export_td', None, 'export: time difference (default: config.eval.td).')
+flags.DEFINE_string('export_decode', None,
+                    'export: bits or argmax (default: config.eval.decode).')
+flags.DEFINE_integer('export_seed', 0, 'export: the noise seed (Predictor\'s seed).')
+flags.DEFINE_string('export_platforms', 'cpu,cuda,tpu',
+                    'export: comma-separated platforms to lower for (cpu, cuda, rocm, tpu).')
+flags.DEFINE_bool('export_ema', True, 'export: the EMA weights (--noexport_ema: the raw ones).')
 flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-process: this process\'s index.')
@@ -81,11 +96,24 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required for --mode=' + FLAGS.mode)
   split_cpu(config.get('cpu_devices', 0))
-  _hide_accelerators_from_tensorflow()
+  if FLAGS.mode != 'export':     # export reads no data: spare the seconds of importing TF
+    _hide_accelerators_from_tensorflow()
   # lazy: after split_cpu has set XLA_FLAGS (JAX reads them when it starts).
   from pix2seq_d_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
+  if FLAGS.mode == 'export':
+    if not FLAGS.export_dir:
+      raise app.UsageError('--mode=export needs --export_dir=DIR (the folder to write).')
+    # lazy: as sharding above; serving code only, no training modules.
+    from pix2seq_d_jax import export  # pylint: disable=g-import-not-at-top
+    signature = export.export_workdir(
+        FLAGS.workdir, FLAGS.export_dir, FLAGS.step, use_ema=FLAGS.export_ema,
+        canvas=FLAGS.export_canvas, steps=FLAGS.export_steps,
+        steps_later=FLAGS.export_steps_later, td=FLAGS.export_td, decode=FLAGS.export_decode,
+        seed=FLAGS.export_seed, platforms=FLAGS.export_platforms)
+    print(json.dumps({k: v for k, v in signature.items() if k != 'categories'}))
+    return
   # lazy: as sharding above.
   from pix2seq_d_jax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.mode in ('train_and_eval', 'train'):

@@ -7,6 +7,7 @@ tests that only need *some* weights of the right shapes take them from `random_v
 """
 
 import functools
+import json
 import pathlib
 import re
 
@@ -14,7 +15,9 @@ import jax
 import numpy as np
 import pytest
 
+from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import config_lib
+from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax.models import pix2seq_d
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -88,6 +91,23 @@ def random_variables():
       return jax.numpy.asarray(value, leaf.dtype)
     return jax.tree_util.tree_map_with_path(fill, shapes)
   return make
+
+
+def save_workdir(path: pathlib.Path, config, variables: dict, categories: list[dict]):
+  """Writes a workdir that `Predictor.from_workdir` reads: `variables` as both the weights and
+  the EMA weights of step 0 (the optimizer state zeros), config.json and categories.json."""
+  abstract = state_lib.abstract_state(config)
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  state = zeros.replace(params=variables['params'], batch_stats=variables['batch_stats'],
+                        ema_params=variables['params'],
+                        ema_batch_stats=variables['batch_stats'])
+  manager = checkpoint.make_manager(path, config)
+  checkpoint.save(manager, state, {'step': 0})
+  manager.wait_until_finished()
+  manager.close()
+  checkpoint.save_config(path, config)
+  (path / 'categories.json').write_text(json.dumps(categories))
+  return path
 
 
 def inlined_count(mlir: str, op: str) -> int:

@@ -26,14 +26,14 @@ LAYERS = (
      'convert': ['convert', 'convert.tf_pix2seq', 'convert.torchvision_resnet',
                  'convert.pretrained']},
     {'sampling': ['sampling']},
-    {'serving': ['predict', 'predict_video']},
+    {'serving': ['predict', 'predict_video', 'export']},
     {'train_step': ['train_step'], 'warm_start': ['warm_start'],
      'eval_loops': ['eval_loop', 'eval_panoptic', 'eval_vos']},
     {'train': ['train']},
     {'cli': ['main', 'evaluate', 'describe', 'predict_files', 'convert.__main__']},
 )
 TRAINING = ('train', 'train_step', 'warm_start', 'eval_loop', 'eval_panoptic', 'eval_vos')
-SERVING = ('sampling', 'predict', 'predict_video')
+SERVING = ('sampling', 'predict', 'predict_video', 'export')
 
 
 def _modules() -> dict[str, pathlib.Path]:

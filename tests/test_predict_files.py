@@ -9,16 +9,13 @@ import re
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 import data_fixtures as fx
-from conftest import REPO
-from pix2seq_d_jax import checkpoint
+from conftest import REPO, save_workdir
 from pix2seq_d_jax import predict_files
-from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax.models import pix2seq_d
 
 CATEGORIES = [{'id': k, 'name': f'c{k}', 'isthing': int(k <= 4)} for k in range(1, 9)]
@@ -29,20 +26,8 @@ def workdir(tiny_config, random_variables, tmp_path_factory):
   """A workdir holding the tiny model (random weights, 2 sampling steps) as step 0."""
   config = tiny_config('eval.steps=2')
   model = pix2seq_d.build_model(config)
-  variables = random_variables(model, config, seed=1)
-  abstract = state_lib.abstract_state(config)
-  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-  state = zeros.replace(params=variables['params'], batch_stats=variables['batch_stats'],
-                        ema_params=variables['params'],
-                        ema_batch_stats=variables['batch_stats'])
-  path = tmp_path_factory.mktemp('predict') / 'run'
-  manager = checkpoint.make_manager(path, config)
-  checkpoint.save(manager, state, {'step': 0})
-  manager.wait_until_finished()
-  manager.close()
-  checkpoint.save_config(path, config)
-  (path / 'categories.json').write_text(json.dumps(CATEGORIES))
-  return path
+  return save_workdir(tmp_path_factory.mktemp('predict') / 'run', config,
+                      random_variables(model, config, seed=1), CATEGORIES)
 
 
 def write_inputs(folder: pathlib.Path) -> tuple[dict, dict]:
