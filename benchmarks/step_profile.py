@@ -36,8 +36,9 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_cpu_enable_xprof_traceme=true').strip()
+if __name__ == '__main__':   # before JAX starts; a test importing the helpers below keeps its own
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_cpu_enable_xprof_traceme=true').strip()
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np

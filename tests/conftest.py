@@ -15,9 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from pix2seq_d_jax import checkpoint
 from pix2seq_d_jax import config_lib
-from pix2seq_d_jax import state as state_lib
 from pix2seq_d_jax.models import pix2seq_d
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -96,6 +94,11 @@ def random_variables():
 def save_workdir(path: pathlib.Path, config, variables: dict, categories: list[dict]):
   """Writes a workdir that `Predictor.from_workdir` reads: `variables` as both the weights and
   the EMA weights of step 0 (the optimizer state zeros), config.json and categories.json."""
+  # Imported here, not at the top: tests/multiprocess_workers.py imports this module in its worker
+  # processes before jax.distributed starts; with orbax loaded that early, the SIGTERM to one of two
+  # processes no longer stopped both (test_multihost.py failed: both ran to the end).
+  from pix2seq_d_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from pix2seq_d_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   abstract = state_lib.abstract_state(config)
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   state = zeros.replace(params=variables['params'], batch_stats=variables['batch_stats'],

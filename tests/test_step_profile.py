@@ -60,3 +60,9 @@ def test_summarize_sums_per_step_by_part_and_skips_runtime_spans():
                    ('forward', 'unattributed'): 0.5, ('forward', 'step/jit(_where)'): 0.5}
   assert sum(r['share'] for r in out['by_part']) == 1.0
   assert [r['name'] for r in out['top_instructions']] == ['ynn_fusion.3', 'ynn_fusion.4']
+
+
+def test_importing_the_module_leaves_xla_flags_alone():
+  """Only the script switches XLA:CPU's trace events on (the test process's flags are its own)."""
+  import os  # pylint: disable=g-import-not-at-top
+  assert 'xprof_traceme' not in os.environ.get('XLA_FLAGS', '')
