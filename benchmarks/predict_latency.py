@@ -69,27 +69,6 @@ def _cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
-def random_variables(model, config, seed: int = 0) -> dict:
-  """{'params', 'batch_stats'} of numpy random values of the right shapes (nothing compiled:
-  initialising the paper model on a CPU would take minutes)."""
-  images, x_t, gamma, cond = pix2seq_d.init_inputs(config)
-  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, x_t,
-                                             gamma, train=False, cond=cond))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'kernel':
-      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-    elif name in ('scale', 'var'):
-      value = rng.uniform(0.5, 1.5, leaf.shape)
-    else:
-      value = 0.1 * rng.normal(size=leaf.shape)
-    return np.asarray(value, leaf.dtype)
-  shapes = {k: v for k, v in shapes.items() if k in ('params', 'batch_stats')}
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def _median(fn, repeats: int) -> float:
   fn()                                   # warm-up: compiles
   times = []
@@ -164,7 +143,7 @@ def main():
       predictor = trained
     else:
       model = pix2seq_d.build_model(config)
-      predictor = predict.Predictor(config, random_variables(model, config), trained and
+      predictor = predict.Predictor(config, pix2seq_d.random_variables(model, config), trained and
                                     trained.categories)
       if predictor.categories is None:
         predictor.categories = [{'id': k, 'name': f'class{k}', 'isthing': 1}

@@ -69,25 +69,10 @@ def tiny_config():
 
 @pytest.fixture(scope='session')
 def random_variables():
-  """Factory: `random_variables(model, config, seed)` -> {'params', 'batch_stats'} of numpy
-  random values with the shapes `model.init` gives (kernels ~ N(0, 1/fan_in), norm scales and
-  variances in [0.5, 1.5], biases and means ~ N(0, 0.1^2)); nothing is compiled."""
+  """Factory: `random_variables(model, config, seed)` -> {'params', 'batch_stats'} of random
+  values with the shapes `model.init` gives (`pix2seq_d.random_variables`, as jax arrays)."""
   def make(model, config, seed=0):
-    images, x_t, gamma, cond = pix2seq_d.init_inputs(config)
-    shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, x_t,
-                                               gamma, train=False, cond=cond))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-      name = path[-1].key
-      if name == 'kernel':
-        value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-      elif name in ('scale', 'var'):
-        value = rng.uniform(0.5, 1.5, leaf.shape)
-      else:
-        value = 0.1 * rng.normal(size=leaf.shape)
-      return jax.numpy.asarray(value, leaf.dtype)
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+    return jax.tree.map(jax.numpy.asarray, pix2seq_d.random_variables(model, config, seed))
   return make
 
 

@@ -155,6 +155,28 @@ def init_inputs(config: ml_collections.ConfigDict, batch: int = 1):
   return images, x_t, gamma, cond
 
 
+def random_variables(model: Pix2SeqD, config: ml_collections.ConfigDict, seed: int = 0) -> dict:
+  """{'params', 'batch_stats'} of numpy random values with the shapes `model.init` gives, for
+  timing and tests (kernels ~ N(0, 1/fan_in), norm scales and variances in [0.5, 1.5], biases and
+  means ~ N(0, 0.1^2)); nothing is compiled, so it is quick for the paper model on a CPU too."""
+  images, x_t, gamma, cond = init_inputs(config)
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)}, images, x_t,
+                                             gamma, train=False, cond=cond))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    elif name in ('scale', 'var'):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    else:
+      value = 0.1 * rng.normal(size=leaf.shape)
+    return np.asarray(value, leaf.dtype)
+  shapes = {k: v for k, v in shapes.items() if k in ('params', 'batch_stats')}
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def count_params(tree) -> dict:
   """{'total': n, '<top-level name>': n, ...} of a parameter tree."""
   size = lambda t: int(sum(np.prod(x.shape) for x in jax.tree.leaves(t)))
