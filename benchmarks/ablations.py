@@ -20,9 +20,11 @@ which is the only decoding its plain head has. The steps study evaluates each se
 again with `eval.steps` in {1, 5, 10} (`--mode=eval`; the 20-step figure is the training run's
 own evaluation). Each run is one `python -m pix2seq_d_jax.main` process; --jobs of them run at a
 time, each pinned to its own CPU (`taskset`, when there are at least --jobs CPUs) with
-`cpu_devices=1`, so a fixed budget of steps costs the same wall time in every arm. With the
-defaults (4 studies, 2 seeds, 500 steps: 20 training runs and 6 evaluations, 2 at a time) it is
-meant to fit 90 minutes on a 2-core machine; the JSON records the wall time of every run.
+`cpu_devices=1`, so a fixed budget of steps costs the same wall time in every arm. The runs
+share JAX's persistent compilation cache (OUT/jax_cache): a second seed loads the programs the
+first one compiled. With the defaults (4 studies, 2 seeds, 500 steps: 20 training runs and 6
+evaluations, 2 at a time) it is meant to fit 90 minutes on a 2-core machine; the JSON records
+the wall time of every run.
 
 Writes OUT/ablations.json (every run: study, arm, seed, overrides, PQ, PQ_th, PQ_st, wall time;
 per study and arm: mean, min and max over seeds next to the paper's figure; whether the paper's
@@ -148,6 +150,17 @@ def result_file(run: Run, out: pathlib.Path) -> pathlib.Path:
   return out / 'runs' / run.name / f'ablation_result{suffix}.json'
 
 
+def run_env(out: pathlib.Path) -> dict:
+  """The runs' environment: JAX's persistent compilation cache shared by all of them.
+
+  Runs that differ only in the seed compile the same programs; with the cache in OUT/jax_cache
+  (or the caller's JAX_COMPILATION_CACHE_DIR) the second seed loads them instead of compiling.
+  """
+  env = dict(os.environ)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', str(out / 'jax_cache'))
+  return env
+
+
 def run_one(run: Run, config_path: str, steps: int, out: pathlib.Path, pin_cpu) -> dict:
   """Runs one process (unless its result file exists) and returns its result."""
   path = result_file(run, out)
@@ -158,7 +171,8 @@ def run_one(run: Run, config_path: str, steps: int, out: pathlib.Path, pin_cpu) 
   log = workdir / ('train.log' if run.eval_steps is None else f'eval{run.eval_steps}.log')
   start = time.perf_counter()
   with open(log, 'w') as f:
-    proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=False)
+    proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=False,
+                          env=run_env(out))
   wall = time.perf_counter() - start
   if proc.returncode:
     tail = '\n'.join(log.read_text().splitlines()[-20:])

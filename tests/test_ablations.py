@@ -123,13 +123,17 @@ def test_run_one_reads_the_metrics_caches_and_names_a_failure(tmp_path, monkeypa
     calls.append(run)
     code = ('import json, pathlib, sys; d = pathlib.Path(sys.argv[1]) / "eval" / "step_7"; '
             'd.mkdir(parents=True); (d / "metrics.json").write_text(json.dumps('
-            '{"PQ": 12.5, "PQ_th": 2.5, "PQ_st": 22.5, "steps": 20}))')
+            '{"PQ": 12.5, "PQ_th": 2.5, "PQ_st": 22.5, "steps": 20})); '
+            'print("cache=" + __import__("os").environ["JAX_COMPILATION_CACHE_DIR"])')
     if run.seed == 9:
       code = 'import sys; print("boom: the data set is empty"); sys.exit(3)'
     return [sys.executable, '-c', code, str(workdir)], workdir
 
   monkeypatch.setattr(ablations, 'command', fake_command)
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
   got = ablations.run_one(run, CONFIG, 7, tmp_path, None)
+  log = (tmp_path / 'runs' / run.name / 'train.log').read_text()
+  assert f'cache={tmp_path / "jax_cache"}' in log      # every run shares one compilation cache
   assert (got['PQ'], got['PQ_th'], got['PQ_st'], got['eval_steps']) == (12.5, 2.5, 22.5, 20)
   assert json.loads(ablations.result_file(run, tmp_path).read_text()) == got
   assert ablations.run_one(run, CONFIG, 7, tmp_path, None) == got and len(calls) == 1
