@@ -1,7 +1,8 @@
 """The paper's ablations at small scale, on the embedded synthetic data; writes JSON and a PNG.
 
   python benchmarks/ablations.py --out=runs/ablations [--steps=500] [--seeds=0,1] [--jobs=2] \
-      [--studies=b,p,loss,steps] [--config=configs/shapes.py] [--dry_run]
+      [--studies=b,p,loss,steps] [--config=configs/shapes.py] [--base=KEY=VALUE,...] \
+      [--eval_images=128] [--dry_run]
 
 Four studies, each against the paper's figures (docs/spec.md §10.1; the paper's own runs are
 COCO at a cheaper setting than its final 50.3 PQ):
@@ -11,27 +12,31 @@ COCO at a cheaper setting than its final 50.3 PQ):
   loss   softmax cross-entropy against l2 on the analog bits   paper PQ 43.9 / 41.9
   steps  sampling steps 1 / 5 / 10 / 20 of the base run         paper 5 / 10 / 20: 47.5 49.4 50.3
 
-Every training run is the --config recipe for --steps steps (one evaluation, at the end, of the
-whole held-out split) with one arm's overrides and one of --seeds (`config.seed`: weights, noise,
-data order); runs whose effective overrides coincide (the b = 0.1 arm is the base recipe) run
-once and count for each study they belong to. The loss study compares the softmax head with class
-weight 1 (`diffusion.class_loss_weight`, which l2 cannot have) against l2 with per-bit decoding,
-which is the only decoding its plain head has. The steps study evaluates each seed's base run
-again with `eval.steps` in {1, 5, 10} (`--mode=eval`; the 20-step figure is the training run's
-own evaluation). Each run is one `python -m pix2seq_d_jax.main` process; --jobs of them run at a
-time, each pinned to its own CPU (`taskset`, when there are at least --jobs CPUs) with
-`cpu_devices=1`, so a fixed budget of steps costs the same wall time in every arm. The runs
-share JAX's persistent compilation cache (OUT/jax_cache): a second seed loads the programs the
-first one compiled. With the defaults (4 studies, 2 seeds, 500 steps: 20 training runs and 6
-evaluations, 2 at a time) it is meant to fit 90 minutes on a 2-core machine; the JSON records
-the wall time of every run.
+The base recipe is --config with the --base overrides, by default the paper's recipe on the
+config's model and data (size weight p = 0.2, class weight 1: PAPER_BASE), as in the paper,
+where every ablation varies one setting of one base. Every training run is the base recipe for
+--steps steps (one evaluation, at the end, of the first --eval_images held-out images) with one
+arm's overrides and one of --seeds (`config.seed`: weights, noise, data order); runs whose
+effective overrides coincide (b = 0.1, p = 0.2 and the softmax arm are the base recipe) run once
+and count for each study they belong to. The loss study compares the softmax head against l2
+with per-bit decoding, which is the only decoding its plain head has. The steps study evaluates
+each seed's base run again with `eval.steps` in {1, 5, 10} (`--mode=eval`; the 20-step figure
+is the training run's own evaluation). Each run is one `python -m pix2seq_d_jax.main` process;
+--jobs of them run at a time, each pinned to its own CPU (`taskset`, when there are at least
+--jobs CPUs) with `cpu_devices=1`, so a fixed budget of steps costs the same wall time in every
+arm. The runs share JAX's persistent compilation cache (OUT/jax_cache): a second seed loads the
+programs the first one compiled. With the defaults (4 studies, 2 seeds, 500 steps: 16 training
+runs and 6 evaluations, 2 at a time) it is meant to fit 90 minutes on a 2-core machine; the JSON
+records the wall time of every run.
 
-Writes OUT/ablations.json (every run: study, arm, seed, overrides, PQ, PQ_th, PQ_st, wall time;
-per study and arm: mean, min and max over seeds next to the paper's figure; whether the paper's
-best arm is ours too (no best arm when several tie), and the Spearman rank correlation of our
-means with the paper's figures, undefined when either side is all ties)
-and OUT/ablations.png (one panel per study). A failed run stops the call (after the runs in flight) with its log's
-tail; runs already finished are kept (OUT/runs/NAME/metrics.json) and not repeated on the next call.
+Writes OUT/ablations.json (the base; every run: study, arm, seed, overrides, PQ, PQ_th, PQ_st,
+wall time; per study and arm: mean, min and max over seeds next to the paper's figure; whether
+the paper's best arm is ours too (no best arm when several tie), and the Spearman rank
+correlation of our means with the paper's figures, undefined when either side is all ties) and
+OUT/ablations.png (one panel per study). A failed run stops the call (after the runs in flight)
+with its log's tail; runs already finished are kept (OUT/runs/NAME/ablation_result*.json) and
+not repeated by a later call with the same --out and base (another base needs another --out),
+so the seeds can also be run by separate calls.
 """
 
 import argparse
@@ -57,6 +62,10 @@ PAPER = {
     'loss': {'softmax_xent': 43.9, 'l2': 41.9},
     'steps': {1: None, 5: 47.5, 10: 49.4, 20: 50.3},
 }
+# The base recipe the arms vary by default: the paper's (size weight 0.2, the two softmax groups
+# weighted equally) on the config's model and data, so b = 0.1, p = 0.2 and the softmax arm are
+# one run.
+PAPER_BASE = ('diffusion.mask_weight_p=0.2', 'diffusion.class_loss_weight=1.0')
 STUDY_KEYS = {'b': 'diffusion.b', 'p': 'diffusion.mask_weight_p'}
 LOSS_ARMS = {
     'softmax_xent': ('diffusion.class_loss_weight=1.0',),
@@ -72,6 +81,7 @@ class Run:
   overrides: tuple[str, ...]
   seed: int
   eval_steps: int | None = None      # evaluate the run `name` with eval.steps = this
+  base: tuple[str, ...] = ()         # the overrides every run of the call has (--base)
   memberships: tuple[tuple[str, object], ...] = ()   # (study, arm) pairs it stands for
 
 
@@ -93,15 +103,18 @@ def arms(studies: list[str]) -> list[tuple[str, object, tuple[str, ...]]]:
   return out
 
 
-def plan(config_path: str, studies: list[str], seeds: list[int]) -> list[Run]:
+def plan(config_path: str, studies: list[str], seeds: list[int],
+         base_overrides: tuple[str, ...] = ()) -> list[Run]:
   """The processes of a call: training runs (deduplicated), then the steps study's evaluations.
 
-  An override equal to the recipe's own value is dropped, so an arm that is the base recipe
-  (and the steps study's base) shares one training run per seed."""
+  The base recipe is the config with `base_overrides`. An arm's override equal to the base
+  recipe's own value is dropped, so an arm that is the base recipe (and the steps study's base)
+  shares one training run per seed."""
   unknown = [s for s in studies if s not in PAPER]
   if unknown or not studies:
     raise ValueError(f'--studies={",".join(studies)}: choose among {",".join(PAPER)}.')
-  base = config_lib.load_config(config_path)
+  base = config_lib.load_config(config_path, list(base_overrides))
+  base_overrides = tuple(base_overrides)
 
   def effective(overrides):
     kept = []
@@ -123,9 +136,10 @@ def plan(config_path: str, studies: list[str], seeds: list[int]) -> list[Run]:
       name = '_'.join(o.partition('=')[0].split('.')[-1] + o.partition('=')[2]
                       for o in overrides) or 'base'
       name += f'_seed{seed}'
-      runs.append(Run(name, overrides, seed, memberships=tuple(who)))
+      runs.append(Run(name, overrides, seed, memberships=tuple(who), base=base_overrides))
   if 'steps' in studies:
-    runs += [Run(f'base_seed{seed}', (), seed, eval_steps=steps, memberships=(('steps', steps),))
+    runs += [Run(f'base_seed{seed}', (), seed, eval_steps=steps, memberships=(('steps', steps),),
+                 base=base_overrides)
              for seed in seeds for steps in PAPER['steps'] if steps != final]
   return runs
 
@@ -137,7 +151,7 @@ def command(run: Run, config_path: str, steps: int, out: pathlib.Path, pin_cpu: 
          f'--workdir={workdir}', f'--config.seed={run.seed}',
          f'--config.train.num_steps={steps}', f'--config.train.checkpoint_every_steps={steps}',
          f'--config.eval.every_steps={steps}', '--config.cpu_devices=1',
-         *[f'--config.{o}' for o in run.overrides]]
+         *[f'--config.{o}' for o in run.base + run.overrides]]
   if run.eval_steps is not None:
     cmd += ['--mode=eval', f'--config.eval.steps={run.eval_steps}']
   if pin_cpu is not None and shutil.which('taskset'):
@@ -165,7 +179,11 @@ def run_one(run: Run, config_path: str, steps: int, out: pathlib.Path, pin_cpu) 
   """Runs one process (unless its result file exists) and returns its result."""
   path = result_file(run, out)
   if path.exists():
-    return json.loads(path.read_text())
+    result = json.loads(path.read_text())
+    if result.get('base', []) != list(run.base):
+      raise RuntimeError(f'{path} is a run of base {result.get("base", [])}, not of this call\'s '
+                         f'{list(run.base)}: give this call its own --out.')
+    return result
   cmd, workdir = command(run, config_path, steps, out, pin_cpu)
   workdir.mkdir(parents=True, exist_ok=True)
   log = workdir / ('train.log' if run.eval_steps is None else f'eval{run.eval_steps}.log')
@@ -179,7 +197,8 @@ def run_one(run: Run, config_path: str, steps: int, out: pathlib.Path, pin_cpu) 
     raise RuntimeError(f'{run.name} (eval.steps={run.eval_steps}) failed with exit status '
                        f'{proc.returncode}; log {log}:\n{tail}')
   metrics = json.loads((workdir / 'eval' / f'step_{steps}' / 'metrics.json').read_text())
-  result = {'name': run.name, 'seed': run.seed, 'overrides': list(run.overrides),
+  result = {'name': run.name, 'seed': run.seed, 'base': list(run.base),
+            'overrides': list(run.overrides),
             'eval_steps': run.eval_steps if run.eval_steps is not None else metrics.get('steps'),
             'wall_s': round(wall, 1), **{k: metrics[k] for k in METRICS}}
   path.write_text(json.dumps(result, indent=2))
@@ -311,13 +330,24 @@ def main():
   parser.add_argument('--jobs', type=int, default=max(len(os.sched_getaffinity(0)), 1),
                       help='runs at a time, each on its own CPU')
   parser.add_argument('--studies', default='b,p,loss,steps')
+  parser.add_argument('--base', default=','.join(PAPER_BASE),
+                      help='comma-separated overrides of every run: the recipe the arms vary')
+  parser.add_argument('--eval_images', type=int, default=128,
+                      help='held-out images each run is scored on (dataset.num_eval; 0: the '
+                           "config's own)")
   parser.add_argument('--dry_run', action='store_true', help='print the processes, run nothing')
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
   if len(seeds) < 1 or args.steps < 1 or args.jobs < 1:
     raise SystemExit('ablations.py: --seeds needs at least one seed, --steps and --jobs >= 1.')
+  if args.eval_images < 0:
+    raise SystemExit('ablations.py: --eval_images must be >= 0 (0: the config\'s own).')
   out = pathlib.Path(args.out).resolve()
-  runs = plan(args.config, [s.strip() for s in args.studies.split(',') if s.strip()], seeds)
+  base = tuple(o.strip() for o in args.base.split(',') if o.strip())
+  if args.eval_images:
+    base += (f'dataset.num_eval={args.eval_images}',)
+  runs = plan(args.config, [s.strip() for s in args.studies.split(',') if s.strip()], seeds,
+              base)
   if args.dry_run:
     for run in runs:
       print(' '.join(command(run, args.config, args.steps, out, None)[0]))
@@ -328,7 +358,8 @@ def main():
   summary = summarize(runs, results)
   out.mkdir(parents=True, exist_ok=True)
   plot(summary, out / 'ablations.png')
-  report = {'config': args.config, 'steps': args.steps, 'seeds': seeds, 'jobs': args.jobs,
+  report = {'config': args.config, 'base': list(base), 'steps': args.steps, 'seeds': seeds,
+            'jobs': args.jobs,
             'total_s': round(time.perf_counter() - start, 1),
             'runs': [results[r] for r in runs], 'studies': summary}
   (out / 'ablations.json').write_text(json.dumps(report, indent=2))

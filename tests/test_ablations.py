@@ -34,6 +34,29 @@ def test_plan_shares_the_base_run_and_adds_the_steps_evaluations():
     ablations.plan(CONFIG, ['b', 'depth'], [0])
 
 
+def test_the_paper_base_makes_b_p_and_softmax_one_run(tmp_path):
+  base = ablations.PAPER_BASE + ('dataset.num_eval=128',)
+  runs = ablations.plan(CONFIG, ['b', 'p', 'loss', 'steps'], [0], base)
+  train = [r for r in runs if r.eval_steps is None]
+  # base (= b 0.1 = p 0.2 = softmax = 20 steps), b 0.03 / 0.3 / 1.0, p 0 / 0.4 / 0.6, l2.
+  assert len(train) == 8 and all(r.base == base for r in runs)
+  first = next(r for r in train if r.name == 'base_seed0')
+  assert set(first.memberships) == {('b', 0.1), ('p', 0.2), ('loss', 'softmax_xent'),
+                                    ('steps', 20)}
+  l2 = next(r for r in train if ('loss', 'l2') in r.memberships)
+  assert set(l2.overrides) == {'diffusion.loss=l2', 'eval.decode=bits'}
+  cmd, _ = ablations.command(l2, CONFIG, 40, tmp_path, pin_cpu=None)
+  assert cmd[-5:] == ['--config.diffusion.mask_weight_p=0.2',
+                      '--config.diffusion.class_loss_weight=1.0', '--config.dataset.num_eval=128',
+                      '--config.diffusion.loss=l2', '--config.eval.decode=bits']
+  # A result of another base in the same folder is not taken for this one.
+  path = ablations.result_file(first, tmp_path)
+  path.parent.mkdir(parents=True)
+  path.write_text(json.dumps({'base': [], 'PQ': 1.0}))
+  with pytest.raises(RuntimeError, match='give this call its own --out'):
+    ablations.run_one(first, CONFIG, 40, tmp_path, None)
+
+
 def test_command_pins_one_cpu_and_evaluates_the_base_workdir(tmp_path):
   runs = ablations.plan(CONFIG, ['steps'], [3])
   ev = next(r for r in runs if r.eval_steps == 5)
