@@ -374,3 +374,40 @@ def test_video_thing_pixels_differ_from_their_surroundings(clips):
     for t in (0, NUM_FRAMES - 1):
       contrast += _thing_contrast(frames[t], label[t])
   assert len(contrast) > 30 and np.mean(np.array(contrast) > 40) > 0.9
+
+
+def test_prepare_generates_in_the_background_and_reading_waits(monkeypatch):
+  """The in-memory source's `prepare` starts generating a split on another thread; reading the
+  split waits for it, gets the arrays a plain read gets, and generates nothing twice; an error
+  raised while generating reaches the reader."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from pix2seq_d_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from pix2seq_d_jax import data  # pylint: disable=g-import-not-at-top
+
+  config = config_lib.load_config('configs/shapes.py:runlocal')
+  plain = data.get_source(config.dataset)._arrays('train')    # pylint: disable=protected-access
+  source = data.get_source(config.dataset)
+  calls, release, threads = [], threading.Event(), []
+  generate = synthetic.generate_panoptic_split
+
+  def slow(*args, **kwargs):
+    calls.append(args[1])
+    threads.append(threading.current_thread().name)
+    release.wait(timeout=30)
+    return generate(*args, **kwargs)
+
+  monkeypatch.setattr(synthetic, 'generate_panoptic_split', slow)
+  source.prepare(['train'])
+  source.prepare(['train'])                   # already under way: not started again
+  threading.Timer(0.2, release.set).start()
+  got = source._arrays('train')               # pylint: disable=protected-access
+  assert calls == ['train'] and threads == ['generate-train']
+  assert all(np.array_equal(got[k], plain[k]) for k in plain)
+
+  def broken(*args, **kwargs):
+    raise ValueError('the generator failed')
+
+  monkeypatch.setattr(synthetic, 'generate_panoptic_split', broken)
+  source.prepare(['validation'])
+  with pytest.raises(ValueError, match='the generator failed'):
+    source._arrays('val')                     # pylint: disable=protected-access
