@@ -26,7 +26,10 @@ run on a laptop CPU. What differs from the paper's recipe, each measured on this
   stronger size weight and a doubled class group put more of the loss on them. The default run:
   PQ 43.8 / Things 25.9 at 1,600 steps, against 43.3 / 17.5 with the paper's 0.2 and 1 (seeds
   0 / 1 / 2 on one core: Things 23.4 / 26.1 / 23.2);
-- `cpu_devices=2`: two XLA CPU devices run the halves of each batch side by side (~30 % faster).
+- `cpu_devices=2`: two XLA CPU devices run the halves of each batch side by side (~30 % faster);
+- one evaluation, at the end, with `eval.steps=2` DDIM steps (paper: 20): on three trained
+  default runs 2 steps gave PQ 45.2 / 44.0 / 41.0 against 45.5 / 44.0 / 41.1 with 20 (seeds
+  0 / 1 / 2), in a quarter of the evaluation's time; `:long` evaluates with 20.
 """
 
 from configs import common
@@ -47,8 +50,8 @@ def get_config(arg=None):
   c.train.checkpoint_every_steps = 800
 
   c.eval.batch_size = 64
-  c.eval.every_steps = 800
-  c.eval.steps = 20
+  c.eval.every_steps = c.train.num_steps   # one evaluation, at the end
+  c.eval.steps = 2                       # DDIM steps: 2 score as 20 do here, at a tenth the time
   c.eval.min_pixels = 8
   c.eval.num_visualizations = 8
 
@@ -56,6 +59,7 @@ def get_config(arg=None):
     c.train.num_steps = 9000
     c.train.checkpoint_every_steps = 1000
     c.eval.every_steps = 3000
+    c.eval.steps = 20
   if args.runlocal:
     c.dataset.num_train = 64
     c.dataset.num_eval = 8
