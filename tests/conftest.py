@@ -8,8 +8,10 @@ tests that only need *some* weights of the right shapes take them from `random_v
 
 import functools
 import json
+import os
 import pathlib
 import re
+import tempfile
 
 import jax
 import numpy as np
@@ -19,6 +21,17 @@ from pix2seq_d_jax import config_lib
 from pix2seq_d_jax.models import pix2seq_d
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the whole test run, in-process and in the processes
+  the tests start (they inherit JAX_COMPILATION_CACHE_DIR): many tests compile the same programs
+  (the runlocal train step, the tiny model's sampler), and a cached executable is the one XLA
+  compiled. A cache the caller named is kept; else a fresh folder, so no run reads another's."""
+  del config
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='pix2seq_d_jax_cache_')
+  jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 # The shapes model scaled down further: 32x32 images, 16x16 masks, one layer per transformer.
 TINY_OVERRIDES = (
