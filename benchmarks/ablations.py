@@ -21,7 +21,8 @@ effective overrides coincide (b = 0.1, p = 0.2 and the softmax arm are the base 
 and count for each study they belong to. The loss study compares the softmax head against l2
 with per-bit decoding, which is the only decoding its plain head has. The steps study evaluates
 each seed's base run again with `eval.steps` in {1, 5, 10} (`--mode=eval`; the 20-step figure
-is the training run's own evaluation). Each run is one `python -m pix2seq_d_jax.main` process;
+is the training run's own evaluation; a base scored with another step count gets all four as
+evaluations). Each run is one `python -m pix2seq_d_jax.main` process;
 --jobs of them run at a time, each pinned to its own CPU (`taskset`, when there are at least
 --jobs CPUs) with `cpu_devices=1`, so a fixed budget of steps costs the same wall time in every
 arm. The runs share JAX's persistent compilation cache (OUT/jax_cache): a second seed loads the
@@ -64,8 +65,8 @@ PAPER = {
 }
 # The base recipe the arms vary by default: the paper's (size weight 0.2, the two softmax groups
 # weighted equally) on the config's model and data, so b = 0.1, p = 0.2 and the softmax arm are
-# one run.
-PAPER_BASE = ('diffusion.mask_weight_p=0.2', 'diffusion.class_loss_weight=1.0')
+# one run; runs are scored with the paper's 20 sampling steps.
+PAPER_BASE = ('diffusion.mask_weight_p=0.2', 'diffusion.class_loss_weight=1.0', 'eval.steps=20')
 STUDY_KEYS = {'b': 'diffusion.b', 'p': 'diffusion.mask_weight_p'}
 LOSS_ARMS = {
     'softmax_xent': ('diffusion.class_loss_weight=1.0',),
@@ -128,8 +129,10 @@ def plan(config_path: str, studies: list[str], seeds: list[int],
   for study, arm, overrides in arms(studies):
     members.setdefault(effective(overrides), []).append((study, arm))
   final = _value(base, 'eval.steps')
-  if 'steps' in studies:      # the base run's own evaluation is the steps study's final arm
-    members.setdefault((), []).append(('steps', final))
+  if 'steps' in studies:      # the base run; its own evaluation is an arm if it has its steps
+    members.setdefault((), [])
+    if final in PAPER['steps']:
+      members[()].append(('steps', final))
   runs = []
   for seed in seeds:
     for overrides, who in members.items():

@@ -18,7 +18,7 @@ CONFIG = 'configs/shapes.py'
 
 
 def test_plan_shares_the_base_run_and_adds_the_steps_evaluations():
-  runs = ablations.plan(CONFIG, ['b', 'p', 'loss', 'steps'], [0, 1])
+  runs = ablations.plan(CONFIG, ['b', 'p', 'loss', 'steps'], [0, 1], ('eval.steps=20',))
   train = [r for r in runs if r.eval_steps is None]
   evals = [r for r in runs if r.eval_steps is not None]
   # Per seed: base (= b 0.1 and the 20-step arm), 3 other b, 4 p (the recipe has 0.7), 2 loss.
@@ -35,6 +35,9 @@ def test_plan_shares_the_base_run_and_adds_the_steps_evaluations():
 
 
 def test_the_paper_base_makes_b_p_and_softmax_one_run(tmp_path):
+  # A recipe scored with a step count outside the study's: every step count is an evaluation.
+  evals = [r.eval_steps for r in ablations.plan(CONFIG, ['steps'], [0], ('eval.steps=2',))]
+  assert evals[0] is None and sorted(evals[1:]) == [1, 5, 10, 20]
   base = ablations.PAPER_BASE + ('dataset.num_eval=128',)
   runs = ablations.plan(CONFIG, ['b', 'p', 'loss', 'steps'], [0], base)
   train = [r for r in runs if r.eval_steps is None]
@@ -46,9 +49,10 @@ def test_the_paper_base_makes_b_p_and_softmax_one_run(tmp_path):
   l2 = next(r for r in train if ('loss', 'l2') in r.memberships)
   assert set(l2.overrides) == {'diffusion.loss=l2', 'eval.decode=bits'}
   cmd, _ = ablations.command(l2, CONFIG, 40, tmp_path, pin_cpu=None)
-  assert cmd[-5:] == ['--config.diffusion.mask_weight_p=0.2',
-                      '--config.diffusion.class_loss_weight=1.0', '--config.dataset.num_eval=128',
-                      '--config.diffusion.loss=l2', '--config.eval.decode=bits']
+  assert cmd[-6:] == ['--config.diffusion.mask_weight_p=0.2',
+                      '--config.diffusion.class_loss_weight=1.0', '--config.eval.steps=20',
+                      '--config.dataset.num_eval=128', '--config.diffusion.loss=l2',
+                      '--config.eval.decode=bits']
   # A result of another base in the same folder is not taken for this one.
   path = ablations.result_file(first, tmp_path)
   path.parent.mkdir(parents=True)
@@ -104,7 +108,7 @@ def _fake_pq(run):
 
 
 def test_execute_and_summarize(tmp_path):
-  runs = ablations.plan(CONFIG, ['b', 'p', 'loss', 'steps'], [0, 1])
+  runs = ablations.plan(CONFIG, ['b', 'p', 'loss', 'steps'], [0, 1], ('eval.steps=20',))
   seen = []
 
   def fake(run, cpu):
