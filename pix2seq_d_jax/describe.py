@@ -31,11 +31,7 @@ def describe(config: ml_collections.ConfigDict) -> dict:
   m = config.model
   bsz = config.train.batch_size
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  batch = {'image': f32(bsz, *m.image_size, 3),
-           'masks': jax.ShapeDtypeStruct((bsz, *m.mask_size, 2), jnp.int32)}
-  if m.num_cond_frames:
-    batch['cond_masks'] = jax.ShapeDtypeStruct((bsz, m.num_cond_frames, *m.mask_size, 2),
-                                               jnp.int32)
+  batch = train_step_lib.abstract_batch(config)
   step = functools.partial(train_step_lib.train_step, model=model, tx=setup.tx,
                            lr_schedule=setup.lr_schedule,
                            settings=train_step_lib.StepSettings.from_config(config))

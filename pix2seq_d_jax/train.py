@@ -203,14 +203,8 @@ class Trainer:
 
   def abstract_batch(self) -> dict:
     """The global train batch as shapes, dtypes and shardings (`_train_batches` yields it)."""
-    m, b = self.config.model, self.config.train.batch_size
-    spec = lambda shape, dtype: jax.ShapeDtypeStruct(
-        shape, dtype, sharding=sharding.batch_sharding(self.mesh, len(shape)))
-    batch = {'image': spec((b, *m.image_size, 3), np.float32),
-             'masks': spec((b, *m.mask_size, 2), np.int32)}
-    if self.source.is_video:
-      batch['cond_masks'] = spec((b, m.num_cond_frames, *m.mask_size, 2), np.int32)
-    return batch
+    return train_step_lib.abstract_batch(
+        self.config, lambda ndim: sharding.batch_sharding(self.mesh, ndim))
 
   def evaluate(self, state, step: int, writer=None, **overrides) -> dict:
     """Runs the evaluation loop of the data (images: PQ, video: J&F) on `state`; writes

@@ -14,6 +14,20 @@ from pix2seq_d_jax import losses
 from pix2seq_d_jax.state import TrainState
 
 
+
+def abstract_batch(config: ml_collections.ConfigDict, sharding_for=None) -> dict:
+  """The global train batch as jax.ShapeDtypeStructs: 'image' float32 [B, H, W, 3], 'masks'
+  int32 [B, h, w, 2], video adds 'cond_masks' int32 [B, P, h, w, 2]. `sharding_for(ndim)` gives
+  each its sharding (None: none)."""
+  m, b = config.model, config.train.batch_size
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(
+      shape, dtype, sharding=sharding_for(len(shape)) if sharding_for else None)
+  batch = {'image': spec((b, *m.image_size, 3), jnp.float32),
+           'masks': spec((b, *m.mask_size, 2), jnp.int32)}
+  if m.num_cond_frames:
+    batch['cond_masks'] = spec((b, m.num_cond_frames, *m.mask_size, 2), jnp.int32)
+  return batch
+
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
   """What the train step needs from the config, read once (`from_config`)."""
