@@ -105,6 +105,25 @@ def test_paper_settings_of_the_real_data_configs():
     assert (paper.diffusion.mask_weight_p, paper.diffusion.class_loss_weight) == (0.2, 1.0)
 
 
+def test_shapes_size_scales_the_data_and_the_model_and_rejects_odd_sides():
+  default = config_lib.load_config(str(CONFIG_DIR / 'shapes.py'))
+  small = config_lib.load_config(str(CONFIG_DIR / 'shapes.py') + ':size=32')
+  assert (small.model.image_size, small.model.mask_size) == ((32, 32), (16, 16))
+  assert (small.dataset.synthetic_size, small.dataset.max_original_size) == (32, (32, 32))
+  assert (default.model.image_size, default.model.mask_size) == ((64, 64), (32, 32))
+  assert default.dataset.synthetic_size == 64
+  # Nothing else changes.
+  for key in ('model', 'dataset'):
+    a, b = dict(default[key]), dict(small[key])
+    assert {k for k in a if a[k] != b[k]} <= {'image_size', 'mask_size', 'synthetic_size',
+                                              'max_original_size'}
+  assert default.train.to_dict() == small.train.to_dict()
+  assert unread_keys(small) == []
+  for bad in (40, 16):
+    with pytest.raises(ValueError, match=f'shapes.py:size={bad}: .*multiple of 16'):
+      config_lib.load_config(str(CONFIG_DIR / 'shapes.py') + f':size={bad}')
+
+
 @pytest.mark.parametrize('section, key', [
     ('train', 'num_epoch'), ('dataset', 'unused_thing'), ('diffusion', 'train_json'),
     # Leaves that are real keys of another section, or common words in the code.
