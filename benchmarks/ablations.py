@@ -183,9 +183,11 @@ def run_one(run: Run, config_path: str, steps: int, out: pathlib.Path, pin_cpu) 
   path = result_file(run, out)
   if path.exists():
     result = json.loads(path.read_text())
-    if result.get('base', []) != list(run.base):
-      raise RuntimeError(f'{path} is a run of base {result.get("base", [])}, not of this call\'s '
-                         f'{list(run.base)}: give this call its own --out.')
+    mine = {'base': list(run.base), 'config': config_path, 'steps': steps}
+    theirs = {k: result.get(k) for k in mine}
+    if theirs != mine:
+      raise RuntimeError(f'{path} is a run of {theirs}, not of this call\'s {mine}: give this '
+                         'call its own --out.')
     return result
   cmd, workdir = command(run, config_path, steps, out, pin_cpu)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -200,9 +202,10 @@ def run_one(run: Run, config_path: str, steps: int, out: pathlib.Path, pin_cpu) 
     raise RuntimeError(f'{run.name} (eval.steps={run.eval_steps}) failed with exit status '
                        f'{proc.returncode}; log {log}:\n{tail}')
   metrics = json.loads((workdir / 'eval' / f'step_{steps}' / 'metrics.json').read_text())
-  result = {'name': run.name, 'seed': run.seed, 'base': list(run.base),
+  result = {'name': run.name, 'seed': run.seed, 'base': list(run.base), 'config': config_path,
+            'steps': steps,
             'overrides': list(run.overrides),
-            'eval_steps': run.eval_steps if run.eval_steps is not None else metrics.get('steps'),
+            'eval_steps': metrics['sampling_steps'],
             'wall_s': round(wall, 1), **{k: metrics[k] for k in METRICS}}
   path.write_text(json.dumps(result, indent=2))
   return result

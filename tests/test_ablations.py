@@ -53,12 +53,16 @@ def test_the_paper_base_makes_b_p_and_softmax_one_run(tmp_path):
                       '--config.diffusion.class_loss_weight=1.0', '--config.eval.steps=20',
                       '--config.dataset.num_eval=128', '--config.diffusion.loss=l2',
                       '--config.eval.decode=bits']
-  # A result of another base in the same folder is not taken for this one.
+  # A result of another base, config or step count in the same folder is not taken for this one.
   path = ablations.result_file(first, tmp_path)
   path.parent.mkdir(parents=True)
-  path.write_text(json.dumps({'base': [], 'PQ': 1.0}))
-  with pytest.raises(RuntimeError, match='give this call its own --out'):
-    ablations.run_one(first, CONFIG, 40, tmp_path, None)
+  same = {'base': list(base), 'config': CONFIG, 'steps': 40, 'PQ': 1.0}
+  for other in ({'base': []}, {'steps': 500}, {'config': CONFIG + ':size=32'}):
+    path.write_text(json.dumps({**same, **other}))
+    with pytest.raises(RuntimeError, match='give this call its own --out'):
+      ablations.run_one(first, CONFIG, 40, tmp_path, None)
+  path.write_text(json.dumps(same))
+  assert ablations.run_one(first, CONFIG, 40, tmp_path, None) == same
 
 
 def test_command_pins_one_cpu_and_evaluates_the_base_workdir(tmp_path):
@@ -150,7 +154,7 @@ def test_run_one_reads_the_metrics_caches_and_names_a_failure(tmp_path, monkeypa
     calls.append(run)
     code = ('import json, pathlib, sys; d = pathlib.Path(sys.argv[1]) / "eval" / "step_7"; '
             'd.mkdir(parents=True); (d / "metrics.json").write_text(json.dumps('
-            '{"PQ": 12.5, "PQ_th": 2.5, "PQ_st": 22.5, "steps": 20})); '
+            '{"PQ": 12.5, "PQ_th": 2.5, "PQ_st": 22.5, "sampling_steps": 20})); '
             'print("cache=" + __import__("os").environ["JAX_COMPILATION_CACHE_DIR"])')
     if run.seed == 9:
       code = 'import sys; print("boom: the data set is empty"); sys.exit(3)'
