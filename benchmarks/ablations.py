@@ -1,7 +1,7 @@
 """The paper's ablations at small scale, on the embedded synthetic data; writes JSON and a PNG.
 
-  python benchmarks/ablations.py --out=runs/ablations [--steps=500] [--seeds=0,1] [--jobs=2] \
-      [--studies=b,p,loss,steps] [--config=configs/shapes.py] [--base=KEY=VALUE,...] \
+  python benchmarks/ablations.py --out=runs/ablations [--steps=2000] [--seeds=0,1] [--jobs=2] \
+      [--studies=b,p,loss,steps] [--config=configs/shapes.py:size=32] [--base=KEY=VALUE,...] \
       [--eval_images=128] [--dry_run]
 
 Four studies, each against the paper's figures (docs/spec.md §10.1; the paper's own runs are
@@ -13,7 +13,9 @@ COCO at a cheaper setting than its final 50.3 PQ):
   steps  sampling steps 1 / 5 / 10 / 20 of the base run         paper 5 / 10 / 20: 47.5 49.4 50.3
 
 The base recipe is --config with the --base overrides, by default the paper's recipe on the
-config's model and data (size weight p = 0.2, class weight 1: PAPER_BASE), as in the paper,
+shapes model and data at 32 x 32 (`:size=32`, where a step costs a quarter of the default's, so a
+run affords 2,000 steps: at 500 steps of the 64 x 64 default every arm scored PQ < 11, within
+the noise of one another) (size weight p = 0.2, class weight 1: PAPER_BASE), as in the paper,
 where every ablation varies one setting of one base. Every training run is the base recipe for
 --steps steps (one evaluation, at the end, of the first --eval_images held-out images) with one
 arm's overrides and one of --seeds (`config.seed`: weights, noise, data order); runs whose
@@ -26,9 +28,10 @@ evaluations). Each run is one `python -m pix2seq_d_jax.main` process;
 --jobs of them run at a time, each pinned to its own CPU (`taskset`, when there are at least
 --jobs CPUs) with `cpu_devices=1`, so a fixed budget of steps costs the same wall time in every
 arm. The runs share JAX's persistent compilation cache (OUT/jax_cache): a second seed loads the
-programs the first one compiled. With the defaults (4 studies, 2 seeds, 500 steps: 16 training
-runs and 6 evaluations, 2 at a time) it is meant to fit 90 minutes on a 2-core machine; the JSON
-records the wall time of every run.
+programs the first one compiled. With the defaults (4 studies, 2 seeds, 2,000 steps: 16
+training runs and 6 evaluations, 2 at a time) it is meant to fit 90 minutes on a 2-core machine
+(about 10.4 minutes a pair of training runs there); the JSON records the wall time of every run
+and of the call.
 
 Writes OUT/ablations.json (the base; every run: study, arm, seed, overrides, PQ, PQ_th, PQ_st,
 wall time; per study and arm: mean, min and max over seeds next to the paper's figure; whether
@@ -36,7 +39,8 @@ the paper's best arm is ours too (no best arm when several tie), and the Spearma
 correlation of our means with the paper's figures, undefined when either side is all ties) and
 OUT/ablations.png (one panel per study). A failed run stops the call (after the runs in flight)
 with its log's tail; runs already finished are kept (OUT/runs/NAME/ablation_result*.json) and
-not repeated by a later call with the same --out and base (another base needs another --out),
+not repeated by a later call with the same --out, base, config and steps (others need another
+--out),
 so the seeds can also be run by separate calls.
 """
 
@@ -330,8 +334,8 @@ def execute(runs: list[Run], run_fn, jobs: int) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
   parser.add_argument('--out', required=True, help='folder for the runs, the JSON and the PNG')
-  parser.add_argument('--config', default='configs/shapes.py')
-  parser.add_argument('--steps', type=int, default=500, help='training steps of every run')
+  parser.add_argument('--config', default='configs/shapes.py:size=32')
+  parser.add_argument('--steps', type=int, default=2000, help='training steps of every run')
   parser.add_argument('--seeds', default='0,1')
   parser.add_argument('--jobs', type=int, default=max(len(os.sched_getaffinity(0)), 1),
                       help='runs at a time, each on its own CPU')
