@@ -5,8 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -72,46 +70,6 @@ def folder_config(coco_folder, *extra):
 
 # ---------------------------------------------------------------------------------------------
 # COCO-panoptic folder.
-
-
-class _SlowToDelete:
-  """An iterator whose deletion takes `delay` seconds, like a tf.data iterator joining its
-  autotuning thread; records the thread that deleted it."""
-
-  def __init__(self, items, delay, deleted_by):
-    self._items, self._delay, self._deleted_by = iter(items), delay, deleted_by
-
-  def __next__(self):
-    return next(self._items)
-
-  def __del__(self):
-    time.sleep(self._delay)
-    self._deleted_by.append(threading.current_thread().name)
-
-
-class _FakeDataset:
-  def __init__(self, items, delay, deleted_by):
-    self.args = items, delay, deleted_by
-
-  def as_numpy_iterator(self):
-    return _SlowToDelete(*self.args)
-
-
-@pytest.mark.parametrize('how', ['exhausted', 'closed'])
-def test_as_numpy_releases_the_iterator_without_waiting_for_it(how):
-  deleted_by = []
-  gen = pipeline.as_numpy(_FakeDataset(range(5), 1.5, deleted_by))
-  start = time.perf_counter()
-  if how == 'exhausted':
-    assert list(gen) == [0, 1, 2, 3, 4]
-  else:
-    assert next(gen) == 0
-    gen.close()
-  assert time.perf_counter() - start < 1.0          # the 1.5-s deletion is not waited for
-  for thread in threading.enumerate():
-    if thread.name == 'tf.data-iterator-release':
-      thread.join(10)
-  assert deleted_by == ['tf.data-iterator-release']
 
 
 def test_folder_train_batches_show_the_painted_segments(coco_folder):

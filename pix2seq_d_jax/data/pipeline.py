@@ -13,7 +13,6 @@ them global arrays.
 
 import itertools
 import logging
-import threading
 
 import numpy as np
 import tensorflow as tf
@@ -203,40 +202,19 @@ def as_numpy(ds: tf.data.Dataset):
 
   A failure inside tf.data (a corrupt file, a failed check) is re-raised as InputError with
   TF's message, which names the file where a check could, and the way to list every problem.
-  When the iteration ends (exhausted, closed or failed), the tf.data iterator is released on a
-  background thread (`release_in_background`).
   """
-  holder = [ds.as_numpy_iterator()]
-  try:
-    while True:
-      try:
-        batch = next(holder[0])
-      except StopIteration:
-        return
-      except tf.errors.OpError as e:
-        raise InputError(
-            f'Reading the input data failed: {e.message.strip()}\nIf no file is named above, '
-            'run python -m pix2seq_d_jax.data.check --config=<the same config and --config.* '
-            'flags> to list every unreadable or inconsistent file.') from e
-      yield batch
-  finally:
-    release_in_background(holder)
-
-
-def release_in_background(holder: list) -> threading.Thread:
-  """Drops the objects in `holder` (its only references) on a daemon thread; returns it.
-
-  Deleting a tf.data iterator joins its autotuning thread, which first sleeps out its current
-  optimisation period (up to a minute once the iterator has run for a while; measured here:
-  11.9 s after 70 s of iteration, 16-37 s at the end of training runs, the process idle the
-  whole time). Nothing waits for that: a run's last step or evaluation is followed by the exit,
-  not by the wait. At interpreter exit a release still in progress is abandoned with the
-  process."""
-  items = list(holder)
-  holder.clear()
-  thread = threading.Thread(target=items.clear, name='tf.data-iterator-release', daemon=True)
-  thread.start()
-  return thread
+  iterator = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      raise InputError(
+          f'Reading the input data failed: {e.message.strip()}\nIf no file is named above, run '
+          'python -m pix2seq_d_jax.data.check --config=<the same config and --config.* flags> '
+          'to list every unreadable or inconsistent file.') from e
+    yield batch
 
 
 def log_dropped(step: int, dropped: np.ndarray, total: list) -> None:
