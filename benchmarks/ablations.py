@@ -12,11 +12,11 @@ COCO at a cheaper setting than its final 50.3 PQ):
   loss   softmax cross-entropy against l2 on the analog bits   paper PQ 43.9 / 41.9
   steps  sampling steps 1 / 5 / 10 / 20 of the base run         paper 5 / 10 / 20: 47.5 49.4 50.3
 
-The base recipe is --config with the --base overrides, by default the paper's recipe on the
-shapes model and data at 32 x 32 (`:size=32`, where a step costs a quarter of the default's, so a
-run affords 2,000 steps: at 500 steps of the 64 x 64 default every arm scored PQ < 11, within
-the noise of one another) (size weight p = 0.2, class weight 1: PAPER_BASE), as in the paper,
-where every ablation varies one setting of one base. Every training run is the base recipe for
+The base recipe is --config with the --base overrides: by default the paper's recipe (size
+weight p = 0.2, class weight 1: PAPER_BASE) on the shapes model and data at 32 x 32
+(`:size=32`: a step costs a quarter of the default's, so a run affords 2,000 steps; at 500 steps
+of the 64 x 64 default every arm scored PQ < 11, within the noise of one another). As in the
+paper, every ablation varies one setting of one base. Every training run is the base recipe for
 --steps steps (one evaluation, at the end, of the first --eval_images held-out images) with one
 arm's overrides and one of --seeds (`config.seed`: weights, noise, data order); runs whose
 effective overrides coincide (b = 0.1, p = 0.2 and the softmax arm are the base recipe) run once

@@ -148,17 +148,21 @@ def small_model(c, fpn_dim=64, ch_multipliers=(1, 2)) -> None:
   c.model.decoder.transformer_mlp_dim = 128
 
 
-def shapes_recipe(c) -> None:
-  """Sets the synthetic-shapes configs' shared data, model and CPU recipe (shapes.py says why)."""
+def shapes_recipe(c, size: int = 64) -> None:
+  """Sets the synthetic-shapes configs' shared data, model and CPU recipe (shapes.py says why):
+  data and images `size` x `size`, masks half that."""
+  if size < 32 or size % 16:
+    raise ValueError(f'size={size}: the synthetic image side must be a multiple of 16 (the '
+                     "backbone's stride), at least 32; e.g. size=32 or size=96.")
   c.dataset.num_classes = 9              # 8 categories + void
   c.dataset.max_instances = 8            # ids 1..7: at most 7 segments per image or clip
   c.dataset.object_order = 'raster'      # ids by first appearance, not a random permutation
   c.dataset.data_seed = 0
-  c.dataset.synthetic_size = 64
-  c.dataset.max_original_size = (64, 64)
+  c.dataset.synthetic_size = size
+  c.dataset.max_original_size = (size, size)
 
-  c.model.image_size = (64, 64)
-  c.model.mask_size = (32, 32)
+  c.model.image_size = (size, size)
+  c.model.mask_size = (size // 2, size // 2)
   small_model(c, fpn_dim=32, ch_multipliers=(1, 1, 2))   # the slimmer decoder
   c.model.encoder.dropout = 0.0
   c.model.encoder.drop_path = 0.0

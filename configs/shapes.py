@@ -45,15 +45,7 @@ def get_config(arg=None):
   args = common.parse_arg(arg, runlocal=False, long=False, size=64)
   c = common.base_config()
   c.dataset.name = 'synthetic_shapes'
-  common.shapes_recipe(c)                # K = 8, raster ids, the slimmer model, batch 8, argmax
-  if args.size != 64:
-    if args.size < 32 or args.size % 16:
-      raise ValueError(f'configs/shapes.py:size={args.size}: the image side must be a multiple '
-                       'of 16 (the backbone\'s stride), at least 32; e.g. size=32 or size=96.')
-    c.dataset.synthetic_size = args.size
-    c.dataset.max_original_size = (args.size, args.size)
-    c.model.image_size = (args.size, args.size)
-    c.model.mask_size = (args.size // 2, args.size // 2)
+  common.shapes_recipe(c, args.size)     # K = 8, raster ids, the slimmer model, batch 8, argmax
   c.dataset.num_train = 4096
   c.dataset.num_eval = 256
 

@@ -120,7 +120,7 @@ def test_shapes_size_scales_the_data_and_the_model_and_rejects_odd_sides():
   assert default.train.to_dict() == small.train.to_dict()
   assert unread_keys(small) == []
   for bad in (40, 16):
-    with pytest.raises(ValueError, match=f'shapes.py:size={bad}: .*multiple of 16'):
+    with pytest.raises(ValueError, match=f'size={bad}: .*multiple of 16'):
       config_lib.load_config(str(CONFIG_DIR / 'shapes.py') + f':size={bad}')
 
 
