@@ -152,8 +152,9 @@ def shapes_recipe(c, size: int = 64) -> None:
   """Sets the synthetic-shapes configs' shared data, model and CPU recipe (shapes.py says why):
   data and images `size` x `size`, masks half that."""
   if size < 32 or size % 16:
-    raise ValueError(f'size={size}: the synthetic image side must be a multiple of 16 (the '
-                     "backbone's stride), at least 32; e.g. size=32 or size=96.")
+    raise ValueError(f'config argument size={size}: the synthetic image side must be a multiple '
+                     "of 16 (the backbone's stride), at least 32; e.g. configs/shapes.py:size=32 "
+                     'or :size=96.')
   c.dataset.num_classes = 9              # 8 categories + void
   c.dataset.max_instances = 8            # ids 1..7: at most 7 segments per image or clip
   c.dataset.object_order = 'raster'      # ids by first appearance, not a random permutation
