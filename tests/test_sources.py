@@ -69,6 +69,34 @@ def folder_config(coco_folder, *extra):
 
 
 # ---------------------------------------------------------------------------------------------
+# Training order.
+
+
+@pytest.mark.parametrize('start_step,process_index,process_count', [(0, 0, 1), (3, 0, 1),
+                                                                     (2, 1, 2), (5, 0, 4)])
+def test_train_positions_follow_each_epochs_permutation(start_step, process_index,
+                                                        process_count):
+  """Position p = step * G + process_index * G / P + j visits example perm(seed, p // n)[p % n];
+  with n = 5 and G = 4 steps straddle epochs."""
+  n, seed, global_batch = 5, 3, 4
+  local = global_batch // process_count
+  ds = pipeline.train_positions(n, seed, start_step, global_batch, process_index, process_count)
+  got = [(int(i), int(p)) for i, p in ds.take(6 * local).as_numpy_iterator()]
+  want = []
+  for step in range(start_step, start_step + 6):
+    for j in range(local):
+      p = step * global_batch + process_index * local + j
+      want.append((int(np.random.default_rng([seed, p // n]).permutation(n)[p % n]), p))
+  assert got == want
+  # Every epoch visits each example once.
+  epoch_of = {}
+  for i, p in got:
+    epoch_of.setdefault(p // n, []).append(i)
+  for epoch, seen in epoch_of.items():
+    assert len(set(seen)) == len(seen), epoch
+
+
+# ---------------------------------------------------------------------------------------------
 # COCO-panoptic folder.
 
 

@@ -11,7 +11,6 @@ Batches are numpy dicts of this process's share; `jax.make_array_from_process_lo
 them global arrays.
 """
 
-import itertools
 import logging
 
 import numpy as np
@@ -28,19 +27,45 @@ def _local_batch(global_batch: int, process_count: int, what: str) -> int:
   return global_batch // process_count
 
 
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order in which epoch `epoch` visits the examples."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
 def train_positions(num_examples: int, seed: int, start_step: int, global_batch: int,
-                    process_index: int, process_count: int):
-  """Yields (example index, global position) for this process, from `start_step` on."""
+                    process_index: int, process_count: int) -> tf.data.Dataset:
+  """This process's (example index, global position) pairs from `start_step` on (endless).
+
+  Positions are tf ops; the example of each position is looked up in its epoch's permutation by
+  one numpy call per step. (A Python generator through `from_generator` gave the same stream,
+  but deleting its iterator mid-stream, as every run does at its end, took 16-18 s with tf.data's
+  autotuner on.)
+  """
   local = global_batch // process_count
-  perms = {}
-  for step in itertools.count(start_step):
+  cache = {}   # epoch -> permutation (~1 MB for COCO): the newest two epochs are kept
+
+  def lookup(positions: np.ndarray) -> np.ndarray:
+    # Safe if tf.data runs calls concurrently: a permutation is a function of its epoch.
+    epochs, slots = np.divmod(positions, num_examples)
+    out = np.empty_like(positions)
+    for epoch in np.unique(epochs).tolist():
+      perm = cache.get(epoch)
+      if perm is None:
+        perm = cache[epoch] = epoch_permutation(num_examples, seed, epoch)
+        for old in [e for e in list(cache) if e < epoch - 1]:
+          cache.pop(old, None)
+      here = epochs == epoch
+      out[here] = perm[slots[here]]
+    return out
+
+  def step_positions(step):
     first = step * global_batch + process_index * local
-    for p in range(first, first + local):
-      epoch, slot = divmod(p, num_examples)
-      if epoch not in perms:
-        perms.clear()  # One epoch at a time: a permutation of COCO is ~1 MB.
-        perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_examples)
-      yield int(perms[epoch][slot]), p
+    positions = tf.range(first, first + local, dtype=tf.int64)
+    index = tf.numpy_function(lookup, [positions], tf.int64, stateful=False)
+    return tf.ensure_shape(index, [local]), positions
+
+  steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max // global_batch)
+  return steps.map(step_positions).unbatch()
 
 
 def _split_label(label):
@@ -84,10 +109,8 @@ def train_dataset(config, source: Source, *, start_step: int = 0, process_index:
     n = source.num_examples('train')
     if n <= 0:
       raise ValueError(f'{config.dataset.name}: the train split is empty.')
-    positions = tf.data.Dataset.from_generator(
-        lambda: train_positions(n, config.seed, start_step, config.train.batch_size,
-                                process_index, process_count),
-        output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64)))
+    positions = train_positions(n, config.seed, start_step, config.train.batch_size,
+                                process_index, process_count)
     load = source.example_fn('train')
     ds = positions.map(lambda i, p: (load(i), p), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
