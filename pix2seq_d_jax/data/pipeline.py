@@ -12,12 +12,20 @@ them global arrays.
 """
 
 import logging
+import os
 
 import numpy as np
 import tensorflow as tf
 
 from pix2seq_d_jax.data import transforms
 from pix2seq_d_jax.data.sources import Source
+
+
+def _cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:   # macOS
+    return os.cpu_count() or 1
 
 
 def _local_batch(global_batch: int, process_count: int, what: str) -> int:
@@ -37,9 +45,8 @@ def train_positions(num_examples: int, seed: int, start_step: int, global_batch:
   """This process's (example index, global position) pairs from `start_step` on (endless).
 
   Positions are tf ops; the example of each position is looked up in its epoch's permutation by
-  one numpy call per step. (A Python generator through `from_generator` gave the same stream,
-  but deleting its iterator mid-stream, as every run does at its end, took 16-18 s with tf.data's
-  autotuner on.)
+  one numpy call per step (no Python generator, whose state tf.data would have to hold and tear
+  down with the iterator).
   """
   local = global_batch // process_count
   cache = {}   # epoch -> permutation (~1 MB for COCO): the newest two epochs are kept
@@ -132,7 +139,12 @@ def train_dataset(config, source: Source, *, start_step: int = 0, process_index:
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  options.autotune.enabled = True
+  # No autotuning: every AUTOTUNE map runs as many calls at once as tf.data's thread pool has
+  # threads (one per core), which is what the tuner settles on when the model waits for data.
+  # With the tuner on, deleting the iterator after an evaluation (the end of every run) waited
+  # on its thread for 16-55 s (measured with configs/shapes.py and configs/moving_shapes.py).
+  options.autotune.enabled = False
+  options.autotune.initial_parallelism = _cores()
   # Each op of an example runs on one thread: the parallelism comes from the many examples in
   # flight, and single-threaded ops avoid intra-op hand-offs (benchmarks/input_pipeline.py).
   options.threading.max_intra_op_parallelism = 1
