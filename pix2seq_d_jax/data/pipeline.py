@@ -140,9 +140,9 @@ def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
   # No autotuning: every AUTOTUNE map runs as many calls at once as tf.data's thread pool has
-  # threads (one per core), which is what the tuner settles on when the model waits for data.
-  # With the tuner on, deleting the iterator after an evaluation (the end of every run) waited
-  # on its thread for 16-55 s (measured with configs/shapes.py and configs/moving_shapes.py).
+  # threads (one per core); benchmarks/input_pipeline.py measured the same images/s as with the
+  # tuner. With the tuner on, deleting the iterator after an evaluation (the end of every run)
+  # waited on its thread for 16-55 s (configs/shapes.py, configs/moving_shapes.py).
   options.autotune.enabled = False
   options.autotune.initial_parallelism = _cores()
   # Each op of an example runs on one thread: the parallelism comes from the many examples in
