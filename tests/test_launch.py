@@ -462,7 +462,14 @@ while :; do sleep 0.05; done
 ''')
   log_dir = fake['tmp'] / 'logs'
   env = dict(fake['env'], FAKE_GCLOUD_EXEC='1', FAKE_WORKERS='2')
-  proc = subprocess.Popen(['bash', str(TPU), *TPU_BASE, *RUN_ARGS, '--log-dir', str(log_dir), 'run'],
+  # As from a terminal: SIGINT at its default and unblocked in the launcher, whatever an earlier
+  # test in this process left (a shell cannot trap a signal ignored on entry).
+  inherited = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))
+  terminal = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+              'signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); '
+              'os.execvp(sys.argv[1], sys.argv[1:])')
+  proc = subprocess.Popen([sys.executable, '-c', terminal, 'bash', str(TPU), *TPU_BASE,
+                           *RUN_ARGS, '--log-dir', str(log_dir), 'run'],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
   try:
@@ -472,7 +479,10 @@ while :; do sleep 0.05; done
       assert time.monotonic() < deadline and proc.poll() is None
       time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    stdout, stderr = proc.communicate(timeout=60)
+    try:
+      stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired as e:
+      raise AssertionError(f'no exit 60 s after SIGINT; SIGINT here: {inherited}') from e
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
