@@ -42,13 +42,6 @@ from pix2seq_d_jax import data  # noqa: E402
 from pix2seq_d_jax.data import pipeline  # noqa: E402
 
 
-def _cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--images', type=int, default=64)
@@ -83,7 +76,7 @@ def main() -> None:
 
   images = args.batches * args.batch
   per_s = images / elapsed
-  cores = _cores()
+  cores = pipeline.usable_cores()
   # Per core from the CPU time the process used: robust when other jobs share the machine
   # (wall-clock img/s divided by the cores is the same figure on an idle machine).
   per_core = images / cpu

@@ -59,15 +59,6 @@ for ((i = 0; i < FAKE_WORKERS; i++)); do
   HOME=$FAKE_HOMES/w$i FAKE_WORKER=$i sh -c "$cmd" &
   pids+=($!)
 done
-# Ctrl-C ends the local gcloud at once, as the real one does (the remote commands go on). A
-# plain `wait` would not: bash waits out children that ignore SIGINT (background jobs here).
-trap 'exit 130' INT
-while :; do
-  alive=0
-  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-  [ "$alive" = 1 ] || break
-  sleep 0.05
-done
 rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=$?; done
 exit $rc
