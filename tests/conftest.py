@@ -33,6 +33,16 @@ def pytest_configure(config):
     os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='pix2seq_d_jax_cache_')
   jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (README's test command): one pytest-xdist worker per core this process may use,
+  at most 4. Most tests spend their time in single-threaded XLA compilation, so two workers on two
+  cores nearly halve the run; beyond 4, the tests that start two-process runs and fake 8-device
+  meshes would crowd each other. The workers share the compilation cache above."""
+  del config
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return max(1, min(cores or 1, 4))
+
 # The shapes model scaled down further: 32x32 images, 16x16 masks, one layer per transformer.
 TINY_OVERRIDES = (
     'dataset.num_classes=9',
