@@ -3,14 +3,15 @@
   python benchmarks/sampling.py [--config=configs/shapes.py] [--batch=16] [--steps=1,5,10,20]
 
 Times (median of --repeats runs after a warm-up) the encoder alone and the whole jitted sampler
-(encoder once + lax.scan over N decoder steps + decoding) for each N, and fits
-total(N) = a + b N: b is the time of one decoder step, a the fixed part. Also reports XLA's FLOP
-estimates of the encoder and of one decoder pass, and the work run for each N (encoder + N
-decoder passes; the scan program itself counts its body once). Weights are randomly initialised:
-latency does not depend on their values. After the timed runs, a float32 matmul probe in the same
-process (benchmarks/matmul_probe.py, --matmul_size; 0 skips it) measures the default device's
-matmul rate (`matmul_gflops`); `achieved_gflops` and `fraction_of_matmul_rate` give, for the
-encoder, one decoder step (the fitted b) and each N's whole sampler (`sampling_N`), XLA's FLOPs
+(encoder once + lax.scan over N decoder steps + decoding) for each N, and fits total(N) = a + b N:
+b is the time of one decoder step, a the fixed part. Also reports XLA's FLOP estimates of the
+encoder and of one decoder pass, and the work run for each N (encoder + N decoder passes; the scan
+program itself counts its body once). The programs are compiled with the package's sampler options
+(pix2seq_d_jax/compile_options.py), as Predictor compiles its own. Weights are randomly
+initialised: latency does not depend on their values. After the timed runs, a float32 matmul probe
+in the same process (benchmarks/matmul_probe.py, --matmul_size; 0 skips it) measures the default
+device's matmul rate (`matmul_gflops`); `achieved_gflops` and `fraction_of_matmul_rate` give, for
+the encoder, one decoder step (the fitted b) and each N's whole sampler (`sampling_N`), XLA's FLOPs
 per second and their share of that rate. `params` counts the trainable parameters.
 """
 
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import matmul_probe
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax import config_lib
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax import state as state_lib
@@ -64,7 +66,9 @@ def main():
   images = jnp.asarray(rng.random((args.batch, *config.model.image_size, 3), np.float32))
   ids = jnp.arange(args.batch, dtype=jnp.int32)
   key = jax.random.PRNGKey(0)
-  encode = jax.jit(lambda v, x: model.apply(v, x, train=False, method='encode'))
+  options = compile_options.sampler()   # as Predictor and the evaluators compile theirs
+  encode = jax.jit(lambda v, x: model.apply(v, x, train=False, method='encode'),
+                   compiler_options=options)
   encoder_s = _time(lambda: encode(variables, images), args.repeats)
   settings = sampling.SampleSettings.from_config(config)
   # XLA's cost analysis counts a while (scan) body once, so the sampler program reports the same
@@ -72,13 +76,15 @@ def main():
   enc_cat, tokens = encode(variables, images)
   x_t = jnp.zeros((args.batch, *enc_cat.shape[1:3], model.num_bits), jnp.float32)
   gamma = jnp.ones((args.batch,), jnp.float32)
-  decode = jax.jit(lambda v, *a: model.apply(v, *a, train=False, method='decode'))
+  decode = jax.jit(lambda v, *a: model.apply(v, *a, train=False, method='decode'),
+                   compiler_options=options)
   flops = lambda lowered: (lowered.cost_analysis() or {}).get('flops', float('nan'))
   encoder_flops = flops(encode.lower(variables, images))
   decoder_flops = flops(decode.lower(variables, x_t, gamma, enc_cat, tokens))
   rows = []
   for n in [int(s) for s in args.steps.split(',')]:
-    fn = jax.jit(functools.partial(sampling.sample, model=model, settings=settings, steps=n))
+    fn = jax.jit(functools.partial(sampling.sample, model=model, settings=settings, steps=n),
+                 compiler_options=options)
     lowered = fn.lower(variables, images, ids, key, jnp.float32(1.0))
     start = time.perf_counter()
     compiled = lowered.compile()

@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax import eval_loop
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax.evaluation import panoptic
@@ -23,7 +24,8 @@ def make_panoptic_fn(config, model):
   settings = sampling.SampleSettings.from_config(config)
   out_size = tuple(config.dataset.max_original_size)
 
-  @functools.partial(jax.jit, static_argnames=('steps', 'decode'))
+  @functools.partial(jax.jit, static_argnames=('steps', 'decode'),
+                     compiler_options=compile_options.sampler())
   def run(variables, images, ids, orig_size, unpadded_size, rng, td, *, steps, decode):
     masks = sampling.sample(variables, images, ids, rng, td, model=model, settings=settings,
                             steps=steps, decode=decode)

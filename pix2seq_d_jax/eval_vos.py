@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax import eval_loop
 from pix2seq_d_jax import predict_video
 from pix2seq_d_jax import sampling
@@ -52,7 +53,8 @@ def make_video_fn(config, model):
   mask_size = tuple(config.model.mask_size)
 
   @functools.partial(jax.jit,
-                     static_argnames=('steps_first', 'steps_later', 'decode', 'use_gt_cond'))
+                     static_argnames=('steps_first', 'steps_later', 'decode', 'use_gt_cond'),
+                     compiler_options=compile_options.sampler())
   def run(variables, frames, ids, labels, orig_size, unpadded_size, rng, td, *, steps_first,
           steps_later, decode, use_gt_cond):
     gt = None

@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from pix2seq_d_jax import checkpoint
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax import predict_video
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax.formats import coco_format
@@ -297,7 +298,8 @@ def host_platform() -> str:
 @dataclasses.dataclass(frozen=True)
 class ExportedPredictor:
   """A loaded export: `exported` (jax.export.Exported), its `signature` dict and `path`.
-  Calling it runs `exported.call` on the given arrays (images, or frame, history, frame_index)."""
+  Calling it runs `exported.call` on the given arrays (images, or frame, history, frame_index),
+  compiled as this package compiles its own samplers (`compile_options.sampler`)."""
   exported: jax.export.Exported
   signature: dict
   path: pathlib.Path
@@ -305,6 +307,10 @@ class ExportedPredictor:
   @property
   def categories(self) -> list[dict]:
     return self.signature['categories']
+
+  @functools.cached_property
+  def _call(self):
+    return jax.jit(self.exported.call, compiler_options=compile_options.sampler())
 
   def __call__(self, *args) -> dict:
     specs = self.signature['inputs']
@@ -320,7 +326,7 @@ class ExportedPredictor:
                          f'{spec["shape"]}, got {arg.dtype} {list(arg.shape)}; resize the '
                          f'input to the canvas {self.signature["canvas"]} or re-export with '
                          '--export_canvas=H,W.')
-    return {k: np.asarray(v) for k, v in self.exported.call(*args).items()}
+    return {k: np.asarray(v) for k, v in self._call(*args).items()}
 
 
 def load(export_dir, platform: str | None = None) -> ExportedPredictor:

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from pix2seq_d_jax import checkpoint
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax import sampling
 from pix2seq_d_jax.models import pix2seq_d
 
@@ -81,7 +82,8 @@ class Predictor(PredictorBase):
   def _sample_fn(self, steps: int, decode: str):
     """The expensive part, jitted once per (steps, decode) and canvas batch shape."""
     return self._jit((steps, decode), lambda: jax.jit(functools.partial(
-        sampling.sample, model=self.model, settings=self.settings, steps=steps, decode=decode)))
+        sampling.sample, model=self.model, settings=self.settings, steps=steps, decode=decode),
+        compiler_options=compile_options.sampler()))
 
   def __call__(self, images, steps: int | None = None, td: float | None = None, seed: int = 0,
                example_ids=None, decode: str | None = None) -> dict:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pix2seq_d_jax import bits as bits_lib
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax import predict
 from pix2seq_d_jax import sampling
 
@@ -222,14 +223,15 @@ class VideoPredictor(predict.PredictorBase):
 
     def build():
       if kind == 'clip':
-        return jax.jit(functools.partial(sample_video, **static))
+        return jax.jit(functools.partial(sample_video, **static),
+                       compiler_options=compile_options.sampler())
 
       def frame_step(variables, frame, history, frame_index, example_ids, rng, td):
         # Looked up at trace time, so a test can count traces by wrapping it.
         masks = sample_frame(variables, frame, history, frame_index, example_ids, rng, td,
                              **static)
         return masks, push_history(history, masks)
-      return jax.jit(frame_step)
+      return jax.jit(frame_step, compiler_options=compile_options.sampler())
     return self._jit((kind, opts.steps, opts.steps_later, opts.decode), build)
 
   def __call__(self, frames, steps: int | None = None, steps_later: int | None = None,

@@ -19,6 +19,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from pix2seq_d_jax import checkpoint
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax import data
 from pix2seq_d_jax import eval_panoptic
 from pix2seq_d_jax import eval_vos
@@ -184,7 +185,7 @@ class Trainer:
       logging.warning('%s holds an earlier run\'s %s but no checkpoint: starting at step 0.',
                       self.workdir, checkpoint.CONFIG_FILE)
     state = jax.jit(self.setup.init, out_shardings=self.shardings,
-                    compiler_options=_once_compiler_options())()
+                    compiler_options=compile_options.run_once())()
     if self.config.train.init_from:
       state = warm_start.init_from(state, self.config, self.shardings)
     return state, 0
@@ -225,18 +226,6 @@ class Trainer:
     step = int(jax.device_get(state.step))
     return checkpoint.save(self.manager, state, {'step': step, 'data': {'next_step': step}},
                            force=force)
-
-
-def _once_compiler_options() -> dict | None:
-  """XLA options for a program that runs once (the initialiser): on a CPU, no LLVM
-  optimisation, which compiles the shapes default's initialiser 2.4x faster (19.7 s instead of
-  47.4 s on a busy 2-core CPU; the program then runs in 0.3 s instead of 0.1 s). A few random
-  draws differ from the optimised program's in the last bit (9,774 of 4.4 M, at most 9e-8): a
-  different but equally random start, the same for a given seed. Other backends keep their
-  defaults."""
-  if jax.default_backend() != 'cpu':
-    return None
-  return {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
 
 
 def _write_eval(writer, step: int, metrics: dict, panels: list) -> None:

@@ -19,7 +19,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'pix2seq_d_jax'
 # one layer do not import each other. Keep in step with docs/architecture.md.
 LAYERS = (
     {'formats': ['formats'], 'bits': ['bits'], 'diffusion': ['diffusion'],
-     'config': ['config_lib', 'config_reads'], 'sharding': ['sharding']},
+     'config': ['config_lib', 'config_reads'], 'sharding': ['sharding'],
+     'compile_options': ['compile_options']},
     {'losses': ['losses'], 'models': ['models'], 'data': ['data'], 'scorers': ['evaluation']},
     {'state': ['state']},
     {'checkpoint': ['checkpoint'],
