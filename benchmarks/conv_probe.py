@@ -5,8 +5,8 @@
 For the convolution shapes of the model's backbone, FPN and decoder (1x1 and 3x3, stride 1),
 times the forward, the input gradient (dx) and the kernel gradient (dw) of
 `lax.conv_general_dilated` and of `pix2seq_d_jax.models.layers.conv_general_dilated` (1x1 as a
-matrix product; the 3x3 kernel gradient as kh products, see its docstring), each jitted alone:
-medians in ms and GFLOP/s, with the float32 matmul rate of the same process
+matrix product; the 3x3 kernel gradient as one product of shifted copies, see its docstring),
+each jitted alone: medians in ms and GFLOP/s, with the float32 matmul rate of the same process
 (benchmarks/matmul_probe.py) for scale. Not run by the tests (they check the values instead:
 tests/test_conv.py).
 """

@@ -46,7 +46,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
   A 1x1 convolution is the same sum over input channels written as `dot_general`; a stride-1
   2-D kxk convolution keeps XLA's forward and input gradient and computes its kernel gradient
-  as kh matrix products (`_conv2d_bwd`). On XLA:CPU both gradients ran at a third to a half of
+  as one matrix product (`_conv2d_bwd`). On XLA:CPU both gradients ran at a third to a half of
   the forward's rate before (benchmarks/conv_probe.py); every backend runs products well. Other
   convolutions (strides above 1 with a kxk kernel, dilation, groups, other layouts) go to
   `lax.conv_general_dilated` unchanged. Takes what `flax.linen.Conv` passes (its
@@ -85,7 +85,7 @@ def _pointwise(x, w, strides, pads, precision, preferred_element_type):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d(x, w, padding):
-  """Stride-1 NHWC x HWIO convolution whose kernel gradient is a few matrix products."""
+  """Stride-1 NHWC x HWIO convolution whose kernel gradient is one matrix product."""
   return jax.lax.conv_general_dilated(x, w, (1, 1), padding,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -98,9 +98,13 @@ def _conv2d_bwd(padding, residuals, dy):
   """dx as XLA transposes the convolution; dw[i, j] = sum over n, h, w of x_pad[n, h+i, w+j] dy.
 
   XLA writes dw as a convolution whose window is the whole image and whose contraction is the
-  batch, which its CPU backend runs at a third to a half of the forward's rate. Here the kw
-  column shifts of the padded input are stacked on the channel axis once, and each of the kh
-  row shifts is one product [kw C, N H W] x [N H W, D].
+  batch, which its CPU backend runs at a third to a half of the forward's rate. Here it is one
+  matrix product over the padded rows, [kw C, N Hp W] x [N Hp W, kh D]: the kw column shifts of
+  the padded input are stacked on the channel axis, and so are the kh row shifts of dy, each
+  padded back to the Hp rows of the input. Both operands keep n, h, w as their leading axes,
+  so neither is copied again for the product (the (kh - 1) / Hp zero rows cost a few % more
+  FLOPs; slicing a shifted row window out of the stacked input for each of kh products instead
+  copied it kh times: 120 of the 467 ms of operations in a one-device shapes train step).
   """
   x, w = residuals
   kh, kw, c, d = w.shape
@@ -108,9 +112,13 @@ def _conv2d_bwd(padding, residuals, dy):
   dx, = conv_t(dy)
   out_h, out_w = dy.shape[1:3]
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  rows = xp.shape[1]                                   # = out_h + kh - 1
   cols = jnp.concatenate([xp[:, :, j:j + out_w] for j in range(kw)], axis=-1)
-  dw = jnp.stack([jnp.einsum('nhwk,nhwd->kd', cols[:, i:i + out_h], dy) for i in range(kh)])
-  return dx, dw.reshape(kh, kw, c, d).astype(w.dtype)
+  dy_rows = jnp.concatenate(
+      [jnp.pad(dy, ((0, 0), (i, rows - out_h - i), (0, 0), (0, 0))) for i in range(kh)], axis=-1)
+  dw = jnp.einsum('nhwk,nhwe->ke', cols, dy_rows)      # [(j, c), (i, d)]
+  dw = dw.reshape(kw, c, kh, d).transpose(2, 0, 1, 3)
+  return dx, dw.astype(w.dtype)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
