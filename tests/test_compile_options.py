@@ -84,7 +84,8 @@ def test_every_sampler_of_the_package_compiles_with_the_sampler_options(tiny_con
                                                                                         opts),
       'evaluate_panoptic': lambda: eval_panoptic.make_panoptic_fn(image, model),
       'evaluate_video': lambda: eval_vos.make_video_fn(video, video_model),
-      'export.load': lambda: export.ExportedPredictor(types.SimpleNamespace(call=jnp.sin), {}, None)._call,
+      'export.load': lambda: export.ExportedPredictor(types.SimpleNamespace(call=jnp.sin), {},
+                                                      None)._call,
   }
   for name, build in builders.items():
     built.clear()
