@@ -18,7 +18,13 @@ CASES = [
     dict(kernel_size=(3, 3), padding='VALID'),
     dict(kernel_size=(3, 3), padding=((2, 0), (1, 1))),
     dict(kernel_size=(5, 3)),
-    dict(kernel_size=(3, 3), strides=(2, 2)),            # lax's path
+    dict(kernel_size=(3, 3), strides=(2, 2)),
+    dict(kernel_size=(3, 3), strides=(2, 2), padding='VALID'),
+    dict(kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),   # the backbone's
+    dict(kernel_size=(7, 7), strides=(2, 2), padding=((3, 3), (3, 3))),   # the stem's
+    dict(kernel_size=(5, 3), strides=(3, 2), padding=((0, 2), (1, 0))),
+    dict(kernel_size=(2, 2), strides=(2, 1)),
+    dict(kernel_size=(3, 3), strides=(4, 4)),            # stride above the kernel side
     dict(kernel_size=(3, 3), kernel_dilation=(2, 2)),    # lax's path
     dict(kernel_size=(3, 3), feature_group_count=2),     # lax's path
 ]
@@ -61,3 +67,50 @@ def test_conv_takes_the_product_paths():
   kernel_grad = jax.jit(jax.grad(lambda p: jnp.sum(square.apply(p, x) ** 2))).lower(p).as_text()
   assert kernel_grad.count('stablehlo.convolution') == 1   # the forward only; dw is one dot
   assert kernel_grad.count('dot_general') == 1
+  strided = layers.Conv(5, (3, 3), strides=(2, 2))
+  p = strided.init(jax.random.PRNGKey(0), x)
+  kernel_grad = jax.jit(jax.grad(lambda p: jnp.sum(strided.apply(p, x) ** 2))).lower(p).as_text()
+  assert kernel_grad.count('stablehlo.convolution') == 1
+  assert kernel_grad.count('dot_general') == 1
+
+
+@pytest.mark.parametrize('case', [dict(kernel_size=(1, 1)),
+                                  dict(kernel_size=(1, 1), strides=(2, 2)),
+                                  dict(kernel_size=(3, 3)),
+                                  dict(kernel_size=(3, 3), strides=(2, 2)),
+                                  dict(kernel_size=(7, 7), strides=(2, 2), padding=((3, 3), (3, 3)))],
+                         ids=lambda c: ','.join(f'{k}={v}' for k, v in c.items()))
+def test_split_kernel_gradient_matches_flax(case, monkeypatch):
+  """With the contraction rows cut into parts (forced here on tiny inputs), the same gradient."""
+  monkeypatch.setattr(layers, 'MIN_SPLIT_ROWS', 4)
+  monkeypatch.setattr(layers, '_cpu_count', lambda: 4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 12, 6))
+  ref, ours = nn.Conv(8, **case), layers.Conv(8, **case)
+  params = ref.init(jax.random.PRNGKey(1), x)
+  probe = jax.random.normal(jax.random.PRNGKey(2), ref.apply(params, x).shape)
+  g_ref = jax.grad(lambda p: jnp.sum(ref.apply(p, x) * probe))(params)['params']['kernel']
+  lowered = jax.jit(jax.grad(lambda p: jnp.sum(ours.apply(p, x) * probe))).lower(params)
+  assert 'batching_dims = [0] x [0]' in lowered.as_text()    # the parts as one batched product
+  g = lowered.compile()(params)['params']['kernel']
+  scale = float(jnp.max(jnp.abs(g_ref)))
+  np.testing.assert_allclose(np.float32(g) / scale, np.float32(g_ref) / scale, rtol=0, atol=1e-5)
+
+
+def test_weight_gradient_parts():
+  """Rows are cut into the largest power of two of parts up to the cores that divides them
+  and leaves each part MIN_SPLIT_ROWS rows; the result is the full contraction either way."""
+  rows = layers.MIN_SPLIT_ROWS
+  cores = layers._cpu_count()
+  assert layers._row_parts(rows) == 1                       # one part's worth
+  assert layers._row_parts(rows * 2 + 1) == 1               # odd: no equal halves
+  expected = 1
+  while expected * 2 <= min(cores, 8):
+    expected *= 2
+  assert layers._row_parts(rows * 8) == expected
+  a = jax.random.normal(jax.random.PRNGKey(0), (2, rows, 5))
+  b = jax.random.normal(jax.random.PRNGKey(1), (2, rows, 3))
+  np.testing.assert_allclose(layers.weight_gradient(a, b), jnp.einsum('nmk,nme->ke', a, b),
+                             rtol=1e-4, atol=1e-3)
+  if cores >= 2:
+    text = jax.jit(layers.weight_gradient).lower(a, b).as_text()
+    assert 'batching_dims = [0] x [0]' in text and 'reduce' in text   # parts, summed

@@ -2,6 +2,7 @@
 
 import functools
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -44,12 +45,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          batch_group_count=1, precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated`, with the two cases XLA's CPU backend runs slowly rewritten.
 
-  A 1x1 convolution is the same sum over input channels written as `dot_general`; a stride-1
-  2-D kxk convolution keeps XLA's forward and input gradient and computes its kernel gradient
-  as one matrix product (`_conv2d_bwd`). On XLA:CPU both gradients ran at a third to a half of
-  the forward's rate before (benchmarks/conv_probe.py); every backend runs products well. Other
-  convolutions (strides above 1 with a kxk kernel, dilation, groups, other layouts) go to
-  `lax.conv_general_dilated` unchanged. Takes what `flax.linen.Conv` passes (its
+  A 1x1 convolution is the same sum over input channels written as `dot_general`; a 2-D kxk
+  convolution (any stride) keeps XLA's forward and input gradient and computes its kernel
+  gradient as one matrix product (`_conv2d_bwd`). On XLA:CPU both gradients ran at a third to a
+  half of the forward's rate before (benchmarks/conv_probe.py); every backend runs products
+  well. Both kernel gradients are `weight_gradient`, which cuts a long contraction into parts
+  on a CPU. Other convolutions (dilation, groups, other layouts) go to `lax.conv_general_dilated`
+  unchanged. Takes what `flax.linen.Conv` passes (its
   `conv_general_dilated` attribute).
   """
   ones = (1,) * (lhs.ndim - 2)
@@ -63,9 +65,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     pads = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
   if plain and rhs.shape[:-2] == ones:
     return _pointwise(lhs, rhs, window_strides, pads, precision, preferred_element_type)
-  if (plain and lhs.ndim == 4 and tuple(window_strides) == ones and precision is None
-      and preferred_element_type is None and all(p >= 0 for pair in pads for p in pair)):
-    return _conv2d(lhs, rhs, tuple(map(tuple, pads)))
+  if (plain and lhs.ndim == 4 and precision is None and preferred_element_type is None
+      and all(p >= 0 for pair in pads for p in pair)):
+    return _conv2d(lhs, rhs, tuple(window_strides), tuple(map(tuple, pads)))
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -79,49 +81,125 @@ def _pointwise(x, w, strides, pads, precision, preferred_element_type):
     x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
                                                 (0, 0, 0)])
   x = x[(slice(None), *(slice(None, None, s) for s in strides), slice(None))]
-  return jax.lax.dot_general(x, w.reshape(w.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ())),
+  w = w.reshape(w.shape[-2:])
+  if precision is None and preferred_element_type is None:
+    return _channel_product(x, w)
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())),
                              precision=precision, preferred_element_type=preferred_element_type)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv2d(x, w, padding):
-  """Stride-1 NHWC x HWIO convolution whose kernel gradient is one matrix product."""
-  return jax.lax.conv_general_dilated(x, w, (1, 1), padding,
+@jax.custom_vjp
+def _channel_product(x, w):
+  """x [..., C] times w [C, D]; its weight gradient is `weight_gradient` (parts on a CPU)."""
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _channel_product_fwd(x, w):
+  return _channel_product(x, w), (x, w)
+
+
+def _channel_product_bwd(residuals, dy):
+  x, w = residuals
+  dx = jax.lax.dot_general(dy, w, (((dy.ndim - 1,), (1,)), ((), ()))).astype(x.dtype)
+  return dx, weight_gradient(x, dy).astype(w.dtype)
+
+
+_channel_product.defvjp(_channel_product_fwd, _channel_product_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d(x, w, strides, padding):
+  """NHWC x HWIO convolution whose kernel gradient is one matrix product."""
+  return jax.lax.conv_general_dilated(x, w, strides, padding,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _conv2d_fwd(x, w, padding):
-  return _conv2d(x, w, padding), (x, w)
+def _conv2d_fwd(x, w, strides, padding):
+  return _conv2d(x, w, strides, padding), (x, w)
 
 
-def _conv2d_bwd(padding, residuals, dy):
-  """dx as XLA transposes the convolution; dw[i, j] = sum over n, h, w of x_pad[n, h+i, w+j] dy.
+def _conv2d_bwd(strides, padding, residuals, dy):
+  """dx as XLA transposes the convolution; dw[i, j] = sum over n, h, w of
+  x_pad[n, s h + i, s w + j] dy[n, h, w] (s: the stride of each axis).
 
   XLA writes dw as a convolution whose window is the whole image and whose contraction is the
   batch, which its CPU backend runs at a third to a half of the forward's rate. Here it is one
-  matrix product over the padded rows, [kw C, N Hp W] x [N Hp W, kh D]: the kw column shifts of
-  the padded input are stacked on the channel axis, and so are the kh row shifts of dy, each
-  padded back to the Hp rows of the input. Both operands keep n, h, w as their leading axes,
-  so neither is copied again for the product (the (kh - 1) / Hp zero rows cost a few % more
-  FLOPs; slicing a shifted row window out of the stacked input for each of kh products instead
-  copied it kh times: 120 of the 467 ms of operations in a one-device shapes train step).
+  matrix product over rows, [s kw C, N R W] x [N R W, ceil(kh / s) D]. The padded input's rows
+  are split by phase (row = s q + p, p < s) and its kw strided column windows are taken; the
+  s kw pieces, each R rows of q, are stacked on the channel axis. Kernel row i = s o + p then
+  reads phase p at row offset o, so dy is stacked ceil(kh / s) times, shifted down by o rows and
+  padded to R. The product holds every (p, o) pair and dw keeps the kh with s o + p < kh (at
+  stride 1 all of them; a 3x3 kernel at stride 2 computes 4 rows of 3, a 7x7 8 of 7). Both
+  operands keep n, h, w as their leading axes, so neither is copied again for the product
+  (slicing a shifted row window out of the stacked input for each kernel row instead copied it
+  kh times: 120 of the 467 ms of operations in a one-device shapes train step).
   """
   x, w = residuals
   kh, kw, c, d = w.shape
-  _, conv_t = jax.vjp(lambda x_: _conv2d.fun(x_, w, padding), x)
+  sh, sw = strides
+  _, conv_t = jax.vjp(lambda x_: _conv2d.fun(x_, w, strides, padding), x)
   dx, = conv_t(dy)
   out_h, out_w = dy.shape[1:3]
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  rows = xp.shape[1]                                   # = out_h + kh - 1
-  cols = jnp.concatenate([xp[:, :, j:j + out_w] for j in range(kw)], axis=-1)
-  dy_rows = jnp.concatenate(
-      [jnp.pad(dy, ((0, 0), (i, rows - out_h - i), (0, 0), (0, 0))) for i in range(kh)], axis=-1)
-  dw = jnp.einsum('nhwk,nhwe->ke', cols, dy_rows)      # [(j, c), (i, d)]
-  dw = dw.reshape(kw, c, kh, d).transpose(2, 0, 1, 3)
+  offsets = -(-kh // sh)                               # row offsets o per phase
+  rows = out_h + offsets - 1                           # rows R of each phase
+  (top, bottom), cols_pad = padding
+  bottom += sh * rows - (top + x.shape[1] + bottom)    # exactly s R rows (cropped or zero-padded)
+  xp = jnp.pad(x, ((0, 0), (top, max(bottom, 0)), cols_pad, (0, 0)))[:, :sh * rows]
+  span = sw * (out_w - 1) + 1
+  cols = jnp.concatenate([xp[:, p::sh, j:j + span:sw] for p in range(sh) for j in range(kw)],
+                         axis=-1)                      # [N, R, W, (p, j, c)]
+  # [N, R, W, (o, d)], stacked on a new axis and reshaped: a concatenation on the channel axis
+  # copied at half the rate on XLA:CPU (35 against 20 ms for 4 shifts of 2 x 128^2 x 64)
+  dy_rows = jnp.stack(
+      [jnp.pad(dy, ((0, 0), (o, rows - out_h - o), (0, 0), (0, 0))) for o in range(offsets)],
+      axis=-2).reshape(dy.shape[0], rows, out_w, offsets * d)
+  dw = weight_gradient(cols, dy_rows).reshape(sh, kw, c, offsets, d)
+  dw = jnp.stack([dw[i % sh, :, :, i // sh] for i in range(kh)])
   return dx, dw.astype(w.dtype)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+# The fewest rows of a weight gradient's contraction worth a part of its own (see below).
+MIN_SPLIT_ROWS = 4096
+
+
+def weight_gradient(a: jax.Array, b: jax.Array) -> jax.Array:
+  """sum over the leading axes of a[..., k] b[..., e]: [K, E] in float32.
+
+  A weight gradient contracts the many rows of activations (batch x positions) into a small
+  [K, E] result. XLA:CPU's matrix products divide the work among threads by blocks of the
+  result only, so a result of a few blocks ran on one core: a stem kernel gradient of 42 x 256
+  over 33,536 rows took 32 ms, 7.5 ms in two halves (scratch probe on a 2-core machine). On
+  the CPU backend the rows are therefore cut into G equal parts, G the largest power of two up
+  to the process's cores that leaves each part at least MIN_SPLIT_ROWS rows and divides the
+  row count; the G partial products run as one batched product and are summed. Other backends
+  split products themselves: G = 1 there.
+  """
+  k, e = a.shape[-1], b.shape[-1]
+  rows = math.prod(a.shape[:-1])
+  parts = _row_parts(rows) if jax.default_backend() == 'cpu' else 1
+  if parts == 1:
+    return jnp.einsum('mk,me->ke', a.reshape(rows, k), b.reshape(rows, e),
+                      preferred_element_type=jnp.float32)
+  a, b = a.reshape(parts, rows // parts, k), b.reshape(parts, rows // parts, e)
+  return jnp.sum(jnp.einsum('gmk,gme->gke', a, b, preferred_element_type=jnp.float32), axis=0)
+
+
+def _row_parts(rows: int) -> int:
+  parts = 1
+  while (2 * parts <= _cpu_count() and rows % (2 * parts) == 0
+         and rows // (2 * parts) >= MIN_SPLIT_ROWS):
+    parts *= 2
+  return parts
+
+
+@functools.cache
+def _cpu_count() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:                                  # macOS
+    return os.cpu_count() or 1
 
 
 # flax.linen.Conv with the convolution above; parameters, names and results as nn.Conv's.
