@@ -51,8 +51,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   half of the forward's rate before (benchmarks/conv_probe.py); every backend runs products
   well. Both kernel gradients are `weight_gradient`, which cuts a long contraction into parts
   on a CPU. Other convolutions (dilation, groups, other layouts) go to `lax.conv_general_dilated`
-  unchanged. Takes what `flax.linen.Conv` passes (its
-  `conv_general_dilated` attribute).
+  unchanged. Takes what `flax.linen.Conv` passes (its `conv_general_dilated` attribute).
   """
   ones = (1,) * (lhs.ndim - 2)
   dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -142,8 +141,8 @@ def _conv2d_bwd(strides, padding, residuals, dy):
   out_h, out_w = dy.shape[1:3]
   offsets = -(-kh // sh)                               # row offsets o per phase
   rows = out_h + offsets - 1                           # rows R of each phase
-  (top, bottom), cols_pad = padding
-  bottom += sh * rows - (top + x.shape[1] + bottom)    # exactly s R rows (cropped or zero-padded)
+  (top, _), cols_pad = padding
+  bottom = sh * rows - top - x.shape[1]                # to exactly s R rows: zeros, or cropped
   xp = jnp.pad(x, ((0, 0), (top, max(bottom, 0)), cols_pad, (0, 0)))[:, :sh * rows]
   span = sw * (out_w - 1) + 1
   cols = jnp.concatenate([xp[:, p::sh, j:j + span:sw] for p in range(sh) for j in range(kw)],
@@ -169,8 +168,9 @@ def weight_gradient(a: jax.Array, b: jax.Array) -> jax.Array:
 
   A weight gradient contracts the many rows of activations (batch x positions) into a small
   [K, E] result. XLA:CPU's matrix products divide the work among threads by blocks of the
-  result only, so a result of a few blocks ran on one core: a stem kernel gradient of 42 x 256
-  over 33,536 rows took 32 ms, 7.5 ms in two halves (scratch probe on a 2-core machine). On
+  result only, so a result of a few blocks ran on one core: the product of a stem kernel
+  gradient, 42 x 256 over 33,536 rows, took 32 ms alone on a 2-core machine, 7.5 ms in two
+  halves (benchmarks/conv_probe.py --large times whole gradients against XLA's). On
   the CPU backend the rows are therefore cut into G equal parts, G the largest power of two up
   to the process's cores that leaves each part at least MIN_SPLIT_ROWS rows and divides the
   row count; the G partial products run as one batched product and are summed. Other backends
