@@ -7,10 +7,9 @@ stem; strides 1 and 2), times the forward, the input gradient (dx) and the kerne
 of `lax.conv_general_dilated` and of `pix2seq_d_jax.models.layers.conv_general_dilated` (1x1 as
 a matrix product; the kxk kernel gradient as one product of shifted copies, both cut into parts
 on a CPU: see `layers.weight_gradient`), with --large the shapes of the paper model at 256^2
-images and 128^2 masks at batch 2 instead; each jitted alone:
-each jitted alone: medians in ms and GFLOP/s, with the float32 matmul rate of the same process
-(benchmarks/matmul_probe.py) for scale. Not run by the tests (they check the values instead:
-tests/test_conv.py).
+images and 128^2 masks at batch 2 instead; each jitted alone: medians in ms and GFLOP/s, with
+the float32 matmul rate of the same process (benchmarks/matmul_probe.py) for scale. Not run by
+the tests (they check the values instead: tests/test_conv.py).
 """
 
 import argparse
@@ -51,14 +50,12 @@ def _median_s(fn, args, repeats):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--batch', type=int, default=None, help='8 (2 with --large)')
   parser.add_argument('--repeats', type=int, default=9)
-  parser.add_argument('--large', action='store_true',
-                      help='the paper-size shapes at batch 2 (unless --batch is given)')
+  parser.add_argument('--large', action='store_true', help="the paper model's shapes")
   args = parser.parse_args()
   shapes = LARGE if args.large else SHAPES
-  if args.large and '--batch' not in ' '.join(sys.argv):
-    args.batch = 2
+  args.batch = args.batch or (2 if args.large else 8)
   impls = {'lax': jax.lax.conv_general_dilated, 'ours': layers.conv_general_dilated}
   rows = []
   for side, c_in, c_out, k, stride in shapes:

@@ -74,11 +74,16 @@ def test_conv_takes_the_product_paths():
   assert kernel_grad.count('dot_general') == 1
 
 
-@pytest.mark.parametrize('case', [dict(kernel_size=(1, 1)),
-                                  dict(kernel_size=(1, 1), strides=(2, 2)),
-                                  dict(kernel_size=(3, 3)),
-                                  dict(kernel_size=(3, 3), strides=(2, 2)),
-                                  dict(kernel_size=(7, 7), strides=(2, 2), padding=((3, 3), (3, 3)))],
+SPLIT_CASES = [
+    dict(kernel_size=(1, 1)),
+    dict(kernel_size=(1, 1), strides=(2, 2)),
+    dict(kernel_size=(3, 3)),
+    dict(kernel_size=(3, 3), strides=(2, 2)),
+    dict(kernel_size=(7, 7), strides=(2, 2), padding=((3, 3), (3, 3))),
+]
+
+
+@pytest.mark.parametrize('case', SPLIT_CASES,
                          ids=lambda c: ','.join(f'{k}={v}' for k, v in c.items()))
 def test_split_kernel_gradient_matches_flax(case, monkeypatch):
   """With the contraction rows cut into parts (forced here on tiny inputs), the same gradient."""
