@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / 'tests'))
 import tensorflow as tf  # noqa: E402
 
 import data_fixtures  # noqa: E402  (tests/data_fixtures.py)
+from pix2seq_d_jax import compile_options  # noqa: E402
 from pix2seq_d_jax import config_lib  # noqa: E402
 from pix2seq_d_jax import data  # noqa: E402
 from pix2seq_d_jax.data import pipeline  # noqa: E402
@@ -76,7 +77,7 @@ def main() -> None:
 
   images = args.batches * args.batch
   per_s = images / elapsed
-  cores = pipeline.usable_cores()
+  cores = compile_options.usable_cores()
   # Per core from the CPU time the process used: robust when other jobs share the machine
   # (wall-clock img/s divided by the cores is the same figure on an idle machine).
   per_core = images / cpu

@@ -6,10 +6,13 @@ compiled differently, and they reach every caller of the package, not only `main
 - `run_once()`: for a program that runs once (the initialiser): no LLVM optimisation.
 - `sampler()`: for the samplers (the encoder, the DDIM decoder steps and what they feed), used by
   `Predictor`, `VideoPredictor`, the evaluators, `export.load` and benchmarks/sampling.py.
+
+And the host facts that CPU-specific code reads: `on_cpu()`, `usable_cores()`.
 """
 
 import functools
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +22,18 @@ import jax.numpy as jnp
 _SAMPLER_CPU = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
 
 
-def _on_cpu() -> bool:
+def on_cpu() -> bool:
+  """Whether the default backend (the one a trace without devices named compiles for) is XLA:CPU."""
   return jax.default_backend() == 'cpu'
+
+
+@functools.cache
+def usable_cores() -> int:
+  """The CPU cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:   # macOS
+    return os.cpu_count() or 1
 
 
 def run_once() -> dict | None:
@@ -29,7 +42,7 @@ def run_once() -> dict | None:
   CPU; the program then runs in 0.3 s instead of 0.1 s). A few random draws differ from the
   optimised program's in the last bit (9,774 of 4.4 M, at most 9e-8): a different but equally
   random start, the same for a given seed."""
-  if not _on_cpu():
+  if not on_cpu():
     return None
   return {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
 
@@ -49,7 +62,7 @@ def sampler() -> dict | None:
   Returns None elsewhere, and where this jaxlib does not know the option (it is experimental):
   then with a warning, once.
   """
-  if not _on_cpu():
+  if not on_cpu():
     return None
   try:
     jax.jit(lambda x: x + 1, compiler_options=_SAMPLER_CPU).lower(jnp.float32(0)).compile()

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax.models import layers
 
 CASES = [
@@ -88,7 +89,7 @@ SPLIT_CASES = [
 def test_split_kernel_gradient_matches_flax(case, monkeypatch):
   """With the contraction rows cut into parts (forced here on tiny inputs), the same gradient."""
   monkeypatch.setattr(layers, 'MIN_SPLIT_ROWS', 4)
-  monkeypatch.setattr(layers, '_cpu_count', lambda: 4)
+  monkeypatch.setattr(compile_options, 'usable_cores', lambda: 4)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 12, 6))
   ref, ours = nn.Conv(8, **case), layers.Conv(8, **case)
   params = ref.init(jax.random.PRNGKey(1), x)
@@ -105,7 +106,7 @@ def test_weight_gradient_parts():
   """Rows are cut into the largest power of two of parts up to the cores that divides them
   and leaves each part MIN_SPLIT_ROWS rows; the result is the full contraction either way."""
   rows = layers.MIN_SPLIT_ROWS
-  cores = layers._cpu_count()
+  cores = compile_options.usable_cores()
   assert layers._row_parts(rows) == 1                       # one part's worth
   assert layers._row_parts(rows * 2 + 1) == 1               # odd: no equal halves
   expected = 1

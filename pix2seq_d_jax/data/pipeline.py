@@ -12,21 +12,13 @@ them global arrays.
 """
 
 import logging
-import os
 
 import numpy as np
 import tensorflow as tf
 
+from pix2seq_d_jax import compile_options
 from pix2seq_d_jax.data import transforms
 from pix2seq_d_jax.data.sources import Source
-
-
-def usable_cores() -> int:
-  """The CPU cores this process may run on."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:   # macOS
-    return os.cpu_count() or 1
 
 
 def _local_batch(global_batch: int, process_count: int, what: str) -> int:
@@ -145,7 +137,7 @@ def _options() -> tf.data.Options:
   # tuner. With the tuner on, deleting the iterator after an evaluation (the end of every run)
   # waited on its thread for 16-55 s (configs/shapes.py, configs/moving_shapes.py).
   options.autotune.enabled = False
-  options.autotune.initial_parallelism = usable_cores()
+  options.autotune.initial_parallelism = compile_options.usable_cores()
   # Each op of an example runs on one thread: the parallelism comes from the many examples in
   # flight, and single-threaded ops avoid intra-op hand-offs (benchmarks/input_pipeline.py).
   options.threading.max_intra_op_parallelism = 1

@@ -2,12 +2,13 @@
 
 import functools
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from pix2seq_d_jax import compile_options
 
 Dtype = Any
 
@@ -178,7 +179,7 @@ def weight_gradient(a: jax.Array, b: jax.Array) -> jax.Array:
   """
   k, e = a.shape[-1], b.shape[-1]
   rows = math.prod(a.shape[:-1])
-  parts = _row_parts(rows) if jax.default_backend() == 'cpu' else 1
+  parts = _row_parts(rows) if compile_options.on_cpu() else 1
   if parts == 1:
     return jnp.einsum('mk,me->ke', a.reshape(rows, k), b.reshape(rows, e),
                       preferred_element_type=jnp.float32)
@@ -188,18 +189,10 @@ def weight_gradient(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _row_parts(rows: int) -> int:
   parts = 1
-  while (2 * parts <= _cpu_count() and rows % (2 * parts) == 0
+  while (2 * parts <= compile_options.usable_cores() and rows % (2 * parts) == 0
          and rows // (2 * parts) >= MIN_SPLIT_ROWS):
     parts *= 2
   return parts
-
-
-@functools.cache
-def _cpu_count() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:                                  # macOS
-    return os.cpu_count() or 1
 
 
 # flax.linen.Conv with the convolution above; parameters, names and results as nn.Conv's.
