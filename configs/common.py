@@ -148,13 +148,17 @@ def small_model(c, fpn_dim=64, ch_multipliers=(1, 2)) -> None:
   c.model.decoder.transformer_mlp_dim = 128
 
 
-def shapes_recipe(c, size: int = 64) -> None:
+def shapes_recipe(c, size: int = 64, mask_stride: int = 2) -> None:
   """Sets the synthetic-shapes configs' shared data, model and CPU recipe (shapes.py says why):
-  data and images `size` x `size`, masks half that."""
+  data and images `size` x `size`, masks `size / mask_stride` (the paper: half the image)."""
   if size < 32 or size % 16:
     raise ValueError(f'config argument size={size}: the synthetic image side must be a multiple '
                      "of 16 (the backbone's stride), at least 32; e.g. configs/shapes.py:size=32 "
                      'or :size=96.')
+  if mask_stride not in (1, 2, 4, 8, 16):
+    raise ValueError(f'config argument mask_stride={mask_stride}: image pixels per mask pixel '
+                     'must be 1, 2, 4, 8 or 16 (the feature merge upsamples by powers of two up '
+                     "to the backbone's stride 16); e.g. configs/shapes.py:mask_stride=2.")
   c.dataset.num_classes = 9              # 8 categories + void
   c.dataset.max_instances = 8            # ids 1..7: at most 7 segments per image or clip
   c.dataset.object_order = 'raster'      # ids by first appearance, not a random permutation
@@ -163,7 +167,7 @@ def shapes_recipe(c, size: int = 64) -> None:
   c.dataset.max_original_size = (size, size)
 
   c.model.image_size = (size, size)
-  c.model.mask_size = (size // 2, size // 2)
+  c.model.mask_size = (size // mask_stride, size // mask_stride)
   small_model(c, fpn_dim=32, ch_multipliers=(1, 1, 2))   # the slimmer decoder
   c.model.encoder.dropout = 0.0
   c.model.encoder.drop_path = 0.0

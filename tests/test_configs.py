@@ -108,10 +108,18 @@ def test_paper_settings_of_the_real_data_configs():
 def test_shapes_size_scales_the_data_and_the_model_and_rejects_odd_sides():
   default = config_lib.load_config(str(CONFIG_DIR / 'shapes.py'))
   small = config_lib.load_config(str(CONFIG_DIR / 'shapes.py') + ':size=32')
-  assert (small.model.image_size, small.model.mask_size) == ((32, 32), (16, 16))
+  assert (small.model.image_size, small.model.mask_size) == ((32, 32), (8, 8))
   assert (small.dataset.synthetic_size, small.dataset.max_original_size) == (32, (32, 32))
-  assert (default.model.image_size, default.model.mask_size) == ((64, 64), (32, 32))
+  assert (default.model.image_size, default.model.mask_size) == ((64, 64), (16, 16))
   assert default.dataset.synthetic_size == 64
+  # Masks a quarter of the image side by default, half (the paper's) with :long or :mask_stride=2.
+  for arg, mask in (('long', (32, 32)), ('mask_stride=2', (32, 32)),
+                    ('long,mask_stride=4', (16, 16)), ('size=32,mask_stride=2', (16, 16)),
+                    ('mask_stride=1', (64, 64))):
+    assert config_lib.load_config(str(CONFIG_DIR / 'shapes.py') + ':' + arg).model.mask_size == mask
+  for bad in (3, 32):
+    with pytest.raises(ValueError, match=f'mask_stride={bad}: .*1, 2, 4, 8 or 16'):
+      config_lib.load_config(str(CONFIG_DIR / 'shapes.py') + f':mask_stride={bad}')
   # Nothing else changes.
   for key in ('model', 'dataset'):
     a, b = dict(default[key]), dict(small[key])
